@@ -1,0 +1,1 @@
+"""Inference engines, pre/post-processing, progress and cancellation."""

@@ -1,0 +1,59 @@
+"""Intensity normalisation operations named in model cards."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..models.card import ModelCardError
+
+
+def _quantiles(x: torch.Tensor, lower: float, upper: float) -> tuple[float, float]:
+    flat = x.detach().reshape(-1).float()
+    if flat.numel() <= 16_000_000:  # torch.quantile's input limit
+        q = torch.quantile(flat, torch.tensor([lower / 100.0, upper / 100.0], dtype=flat.dtype, device=flat.device))
+        return float(q[0]), float(q[1])
+    lo, hi = np.percentile(flat.cpu().numpy(), [lower, upper])
+    return float(lo), float(hi)
+
+
+def apply_intensity(x: torch.Tensor, ops: list[dict], stats: dict) -> torch.Tensor:
+    """Apply ``ops`` in order to a float tensor ``(C, ...)``; ``stats`` carries values between stages.
+
+    ``percentile_scale`` with ``"statistics": "first_stage"`` computes its percentiles once, on the
+    first stage's input, and reuses them in later stages (deepbet normalises both of its
+    networks with the percentiles of the whole downsampled head).
+    """
+    for op in ops:
+        kind = op["op"]
+        if kind == "percentile_scale":
+            key = ("percentile", op.get("lower", 0.5), op.get("upper", 99.5))
+            if op.get("statistics") == "first_stage" and key in stats:
+                low, high = stats[key]
+            else:
+                low, high = _quantiles(x, op.get("lower", 0.5), op.get("upper", 99.5))
+                stats[key] = (low, high)
+            x = (x - low) / max(high - low, 1e-8)
+        elif kind == "scale_range":
+            a_min, a_max = float(op["a_min"]), float(op["a_max"])
+            b_min, b_max = float(op.get("b_min", 0.0)), float(op.get("b_max", 1.0))
+            x = (x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min
+            if op.get("clip", False):
+                x = x.clamp(min(b_min, b_max), max(b_min, b_max))
+        elif kind == "clip":
+            x = x.clamp(op.get("min"), op.get("max"))
+        elif kind == "zscore":
+            x = (x - x.mean()) / x.std().clamp_min(1e-8)
+        elif kind == "nonzero_zscore":
+            out = x.clone()
+            for c in range(x.shape[0]):
+                nz = x[c] != 0
+                if nz.any():
+                    v = x[c][nz]
+                    out[c][nz] = (v - v.mean()) / v.std(unbiased=False).clamp_min(1e-8)
+            x = out
+        elif kind == "affine":
+            x = x * float(op.get("scale", 1.0)) + float(op.get("shift", 0.0))
+        else:
+            raise ModelCardError(f"intensity op {kind!r} unknown")
+    return x

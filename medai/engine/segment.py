@@ -1,0 +1,295 @@
+"""Segmentation engine: volumes + loaded model -> labelmap layers on the first volume's exact grid.
+
+Two paths share input stacking, progress, cancellation and the output contract:
+
+* model cards (checkpoint or TorchScript, single network or a localise-then-segment cascade);
+* MONAI Bundles, run in memory through their own preprocessing / inferer / postprocessing
+  (LoadImage and SaveImage removed), as MONAI Label does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..geometry import GeometryError, Volume, check_voxels, reorient_to_ras, same_grid, to_ijk_array
+from ..models.card import ModelCard, Stage
+from ..models.loader import LoadedModel
+from ..resample import grid_with_spacing, resample_channels, resample_volume_to
+from ..results import Label, SegmentationResult
+from .intensity import apply_intensity
+from .postprocess import bounding_box, largest_component, postprocess_labelmap
+from .progress import CancelToken, Progress, ProgressCallback
+
+log = logging.getLogger(__name__)
+
+# Above this many output elements, sliding-window stitching happens on the CPU.
+GPU_STITCH_LIMIT = 2**28
+
+
+def stack_inputs(volumes: list[Volume], expected_channels: int, model_name: str) -> torch.Tensor:
+    """Channel-first ``(C, I, J, K)`` float32 tensor; later volumes are resampled onto the first one's grid."""
+    if not volumes:
+        raise GeometryError("no input volume given; select at least one volume")
+    for v in volumes:
+        check_voxels(v)
+    ref = volumes[0]
+    channels = []
+    for v in volumes:
+        if v is not ref and not same_grid(v, ref):
+            log.info("resampling %s onto the grid of %s", v.name, ref.name)
+            v = resample_volume_to(v, ref)
+        view = torch.from_numpy(to_ijk_array(v))
+        channels.append(view)
+    total = sum(c.shape[0] for c in channels)
+    if total != expected_channels:
+        raise GeometryError(
+            f"model {model_name} expects {expected_channels} input channel(s), got {total} "
+            f"from {len(volumes)} volume(s) ({', '.join(v.name for v in volumes)}); select matching inputs"
+        )
+    if len(channels) == 1:
+        return channels[0].to(torch.float32)  # copies only if the volume is not float32 already
+    return torch.cat([c.to(torch.float32) for c in channels], dim=0)
+
+
+def _activation(x: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "softmax":
+        return torch.softmax(x, dim=1)
+    if name == "sigmoid":
+        return torch.sigmoid(x)
+    return x
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+
+
+def _count_windows(shape: tuple[int, ...], roi: list[int], overlap: float, batch: int) -> int:
+    n = 1
+    for size, r in zip(shape, roi):
+        r = min(r, size)
+        interval = max(int(r * (1 - overlap)), 1)
+        n *= 1 if size <= r else math.ceil((size - r) / interval) + 1
+    return math.ceil(n / batch)
+
+
+class _Predictor:
+    """Wraps a network for sliding windows: cancellation and progress between windows."""
+
+    def __init__(self, net: torch.nn.Module, progress: Progress, total: int) -> None:
+        self.net, self.progress, self.total, self.done = net, progress, max(total, 1), 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.progress.cancel.check()
+        out = self.net(x)
+        self.done += 1
+        self.progress.update(self.done / self.total)
+        return out
+
+
+def _run_network(stage: Stage, net: torch.nn.Module, x: torch.Tensor, affine: np.ndarray, device: torch.device,
+                 stats: dict, progress: Progress) -> tuple[torch.Tensor, np.ndarray]:
+    """Run one stage on ``x`` (C, I, J, K) float32 in the working orientation.
+
+    Returns activated network output ``(N, I', J', K')`` and the affine of that output grid.
+    """
+    if stage.mode == "resize":
+        size = tuple(stage.roi_size)
+        inp = F.interpolate(x[None], size=size, mode=stage.resize_mode)[0]
+        scale = np.array([s / t for s, t in zip(x.shape[1:], size)])
+        out_affine = affine.copy()
+        out_affine[:3, :3] = affine[:3, :3] * scale
+        out_affine[:3, 3] = affine[:3, 3] + affine[:3, :3] @ ((scale - 1) / 2)
+        inp = apply_intensity(inp, stage.intensity, stats)
+        progress.update(0.05)
+        with torch.no_grad(), _autocast(device):
+            out = net(inp[None].to(device)).float()
+        progress.update(1.0)
+        return _activation(out, stage.activation)[0], out_affine
+    if stage.mode == "whole":
+        inp = apply_intensity(x, stage.intensity, stats)
+        with torch.no_grad(), _autocast(device):
+            out = net(inp[None].to(device)).float()
+        progress.update(1.0)
+        return _activation(out, stage.activation)[0], affine
+    # sliding window, optionally at the card's voxel spacing
+    from monai.inferers import sliding_window_inference
+
+    work_affine = affine
+    if stage.spacing:
+        shape, work_affine = grid_with_spacing(tuple(x.shape[1:]), affine, stage.spacing)
+        x = torch.from_numpy(resample_channels(x.numpy(), affine, shape, work_affine, linear=True))
+    x = apply_intensity(x, stage.intensity, stats)
+    roi = stage.roi_size
+    predictor = _Predictor(net, progress, _count_windows(tuple(x.shape[1:]), roi, stage.overlap, stage.sw_batch_size))
+    big = x[0].numel() * 8 > GPU_STITCH_LIMIT  # room for several output channels
+    with torch.no_grad(), _autocast(device):
+        out = sliding_window_inference(
+            x[None], roi_size=roi, sw_batch_size=stage.sw_batch_size, predictor=predictor, overlap=stage.overlap,
+            mode="gaussian", sw_device=device, device=torch.device("cpu") if big else device,
+        )
+    out = torch.as_tensor(out).float()
+    return _activation(out, stage.activation)[0], work_affine
+
+
+def _back_to_grid(out: torch.Tensor, out_affine: np.ndarray, stage: Stage, shape: tuple[int, int, int],
+                  affine: np.ndarray) -> torch.Tensor:
+    """Bring a stage output onto the (cropped) working grid ``(shape, affine)``."""
+    if tuple(out.shape[1:]) == tuple(shape) and np.allclose(out_affine, affine, atol=1e-5):
+        return out
+    if stage.mode == "resize":
+        mode = stage.resize_mode if stage.resize_mode.startswith("nearest") else "trilinear"
+        return F.interpolate(out[None].cpu(), size=tuple(shape), mode=mode)[0]
+    return torch.from_numpy(resample_channels(out.cpu().numpy(), out_affine, shape, affine, linear=True))
+
+
+def _localize(out: torch.Tensor, stage: Stage, crop_shape: tuple[int, ...], min_fraction: float = 0.02) -> tuple[slice, ...]:
+    """Box (in crop index space) around the localiser's foreground, grown by ``stage.crop_margin``.
+
+    Computed on the network's own output grid and scaled, as deepbet does.
+    """
+    channel = stage.output_channel if stage.output_channel is not None else out.shape[0] - 1
+    mask = (out[channel] > stage.threshold).cpu().numpy()
+    if stage.largest_component:
+        mask = largest_component(mask)
+    box = bounding_box(mask.astype(np.float32), min_fraction=min_fraction)
+    if box is None:
+        raise GeometryError(
+            f"localiser stage {stage.name!r} found nothing to segment in this image; check that the input is the modality the model expects"
+        )
+    scale = np.array(crop_shape, dtype=np.float64) / np.array(mask.shape)
+    result = []
+    for sl, s, n in zip(box, scale, crop_shape):
+        center = (sl.start + sl.stop) / 2 * s
+        size = (sl.stop - sl.start) * s * (1 + 2 * stage.crop_margin)
+        center, size = round(center), round(size)
+        result.append(slice(max(0, int(center - size / 2)), min(n, int(center + size / 2))))
+    return tuple(result)
+
+
+def _discretize(probs: torch.Tensor, card: ModelCard) -> list[np.ndarray]:
+    """Network output on the working grid -> labelmap layers."""
+    if card.discretize == "threshold":
+        thr = float(card.raw.get("threshold", 0.5))
+        return [(probs[c] > thr).numpy().astype(np.uint8) for c in range(probs.shape[0])]
+    if probs.shape[0] == 1:
+        return [(probs[0] > 0.5).numpy().astype(np.uint8)]
+    values = torch.argmax(probs, dim=0)
+    return [values.numpy().astype(np.uint8 if probs.shape[0] < 256 else np.uint16)]
+
+
+def segment_with_card(model: LoadedModel, volumes: list[Volume], progress: Progress) -> SegmentationResult:
+    card = model.card
+    ref = volumes[0]
+    with progress.stage("preprocess", 0.1):
+        x = stack_inputs(volumes, card.num_inputs, card.name)
+        reorient = card.stages[0].orientation == "RAS"
+        if reorient:
+            x, affine, undo = reorient_to_ras(x, ref.ijk_to_ras)
+        else:
+            affine, undo = ref.ijk_to_ras, (lambda a: a)
+        x = x.contiguous()
+    full_shape = tuple(x.shape[1:])
+    box: tuple[slice, ...] = tuple(slice(0, n) for n in full_shape)
+    stats: dict = {}
+    weight = 0.8 / len(card.stages)
+    probs = None
+    for stage, net in zip(card.stages, model.networks):
+        with progress.stage(f"inference ({stage.name})" if len(card.stages) > 1 else "inference", weight):
+            crop = x[(slice(None), *box)]
+            crop_affine = affine.copy()
+            crop_affine[:3, 3] = affine[:3, :3] @ np.array([b.start for b in box]) + affine[:3, 3]
+            out, out_affine = _run_network(stage, net, crop, crop_affine, model.device, stats, progress)
+            if stage.role == "localize":
+                local = _localize(out.cpu(), stage, tuple(crop.shape[1:]))
+                box = tuple(slice(b.start + l.start, b.start + l.stop) for b, l in zip(box, local))
+                continue
+            probs = _back_to_grid(out.cpu(), out_affine, stage, tuple(crop.shape[1:]), crop_affine)
+    with progress.stage("postprocess", 0.1):
+        layers_crop = _discretize(probs, card)
+        layers = []
+        values = [lab.value for lab in card.labels]
+        for layer in layers_crop:
+            full = np.zeros(full_shape, dtype=layer.dtype)
+            full[box] = layer
+            full = postprocess_labelmap(full, values if len(layers_crop) == 1 else [1],
+                                        bool(card.postprocessing.get("largest_component")),
+                                        bool(card.postprocessing.get("fill_holes")))
+            back = undo(full[None])[0]
+            layers.append(np.ascontiguousarray(back.transpose(2, 1, 0)))
+    labels = card.labels
+    if card.discretize == "threshold":  # one layer per label, value 1
+        labels = [Label(1, lab.name, lab.color, n, lab.terminology) for n, lab in enumerate(card.labels)]
+    return SegmentationResult(ref, layers, labels, card.name, str(model.device), dict(progress.timings))
+
+
+def _to_reference_grid(pred: torch.Tensor, ref: Volume) -> np.ndarray:
+    """A bundle's output ``(C, I, J, K)`` as ``[c, k, j, i]`` on the reference grid (resampled by affine if needed)."""
+    arr = pred.detach().cpu()
+    affine = np.asarray(getattr(pred, "affine", torch.as_tensor(ref.ijk_to_ras)), dtype=np.float64)
+    if tuple(arr.shape[1:]) != ref.shape_ijk or not np.allclose(affine, ref.ijk_to_ras, atol=1e-4):
+        log.info("bundle output is not on the input grid; resampling it by its affine")
+        arr = torch.from_numpy(resample_channels(arr.float().numpy(), affine, ref.shape_ijk, ref.ijk_to_ras, linear=False))
+    return arr.numpy().transpose(0, 3, 2, 1)
+
+
+def segment_with_bundle(model: LoadedModel, volumes: list[Volume], progress: Progress) -> SegmentationResult:
+    from monai.data import MetaTensor
+
+    parts = model.bundle
+    ref = volumes[0]
+    with progress.stage("preprocess", 0.15):
+        expected = len(model.card.inputs)
+        x = stack_inputs(volumes, expected, model.card.name)
+        image = MetaTensor(x, affine=torch.as_tensor(ref.ijk_to_ras), meta={
+            "filename_or_obj": ref.name, "original_affine": torch.as_tensor(ref.ijk_to_ras),
+            "spatial_shape": np.asarray(ref.shape_ijk), "original_channel_dim": 0, "space": "RAS",
+        })
+        data = parts.preprocessing({parts.image_key: image}) if parts.preprocessing else {parts.image_key: image}
+    net = model.networks[0]
+    with progress.stage("inference", 0.7):
+        img = data[parts.image_key]
+        roi = getattr(parts.inferer, "roi_size", None)
+        total = _count_windows(tuple(img.shape[1:]), list(roi), getattr(parts.inferer, "overlap", 0.25), getattr(parts.inferer, "sw_batch_size", 1)) if roi else 1
+        predictor = _Predictor(net, progress, total)
+        with torch.no_grad(), _autocast(model.device):
+            pred = parts.inferer(img[None].to(model.device), predictor)
+        pred = torch.as_tensor(pred)[0].float().cpu()
+        data["pred"] = MetaTensor(pred, affine=img.affine, meta=dict(img.meta))
+    with progress.stage("postprocess", 0.15):
+        if parts.postprocessing is not None:
+            data = parts.postprocessing(data)
+        out = _to_reference_grid(data["pred"], ref)
+        labels = list(model.card.labels)
+        if out.shape[0] == 1:
+            layers = [np.rint(out[0]).astype(np.uint16 if out.max() > 255 else np.uint8)]
+            present = sorted(int(v) for v in np.unique(layers[0]) if v > 0)
+            known = {lab.value for lab in labels}
+            labels += [Label(v, f"label {v}", Label.default_color(v)) for v in present if v not in known]
+        elif np.isin(out, (0, 1)).all():  # multi-label binary channels
+            layers = [out[c].astype(np.uint8) for c in range(out.shape[0])]
+            names = labels if len(labels) == out.shape[0] else [Label(c + 1, f"channel {c}", Label.default_color(c + 1)) for c in range(out.shape[0])]
+            labels = [Label(1, lab.name, lab.color, n, lab.terminology) for n, lab in enumerate(names)]
+        else:  # probabilities left undiscretised by the bundle
+            layers = [np.argmax(out, axis=0).astype(np.uint8 if out.shape[0] < 256 else np.uint16)]
+    return SegmentationResult(ref, layers, labels, model.card.name, str(model.device), dict(progress.timings))
+
+
+def segment(model: LoadedModel, volumes: list[Volume], callback: ProgressCallback | None = None,
+            cancel: CancelToken | None = None) -> SegmentationResult:
+    """Segment ``volumes`` (first one defines the output grid) with a loaded model."""
+    if model.card.task not in ("segmentation", "multilabel") and model.kind != "bundle":
+        raise ValueError(f"model {model.name} is a {model.card.task} model; use it with MedAIClassify / `medai classify`")
+    progress = Progress(callback, cancel)
+    with model.lock:  # networks are not re-entrant on one device
+        if model.kind == "bundle":
+            result = segment_with_bundle(model, volumes, progress)
+        else:
+            result = segment_with_card(model, volumes, progress)
+    progress.done()
+    return result

@@ -1,0 +1,1 @@
+"""Model formats: MONAI Bundles, model cards, TorchScript; the catalog."""

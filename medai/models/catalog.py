@@ -1,0 +1,103 @@
+"""The model catalog (``Resources/Catalog/models.json``): named models and sample images."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..fetch import cache_dir, fetch_source
+
+
+def resources_dir() -> Path:
+    """The extension's ``Resources`` folder (source checkout or installed Slicer extension)."""
+    env = os.environ.get("MEDAI_RESOURCES")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "Resources" / "Catalog" / "models.json").exists():
+            return parent / "Resources"
+    raise FileNotFoundError("MedAI Resources folder not found; set MEDAI_RESOURCES to the folder holding Catalog/models.json")
+
+
+def catalog_path() -> Path:
+    return Path(os.environ.get("MEDAI_CATALOG") or resources_dir() / "Catalog" / "models.json")
+
+
+@dataclass
+class CatalogEntry:
+    name: str
+    title: str
+    description: str
+    task: str
+    modality: str
+    license: str
+    source: dict
+    card: str | None
+    sample: str | None
+    image: str | None = None  # samples only: the image file among the fetched members
+
+    @property
+    def sha256(self) -> str:
+        return self.source.get("sha256", "")
+
+    @property
+    def source_text(self) -> str:
+        return self.source.get("url") or (f"pypi:{self.source['pypi']}" if "pypi" in self.source else self.source.get("path", ""))
+
+
+def _load() -> dict:
+    return json.loads(catalog_path().read_text())
+
+
+def _entry(raw: dict) -> CatalogEntry:
+    return CatalogEntry(
+        name=raw["name"], title=raw.get("title", raw["name"]), description=raw.get("description", ""),
+        task=raw.get("task", "segmentation"), modality=raw.get("modality", ""), license=raw.get("license", ""),
+        source=raw.get("source", {}), card=raw.get("card"), sample=raw.get("sample"), image=raw.get("image"),
+    )
+
+
+def list_models() -> list[CatalogEntry]:
+    return [_entry(m) for m in _load()["models"]]
+
+
+def list_samples() -> list[CatalogEntry]:
+    return [_entry(s) for s in _load().get("samples", [])]
+
+
+def default_model_name() -> str:
+    return _load()["default_model"]
+
+
+def find_model(name: str) -> CatalogEntry | None:
+    return next((m for m in list_models() if m.name == name), None)
+
+
+def find_sample(name: str) -> CatalogEntry | None:
+    return next((s for s in list_samples() if s.name == name), None)
+
+
+def model_dir(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
+def fetch_model(entry: CatalogEntry, progress: Callable[[float], None] | None = None) -> Path:
+    """Fetch a catalog model's files into the cache; returns its folder (with the card copied in)."""
+    folder = model_dir(entry.name)
+    fetch_source(entry.source, folder, f"model {entry.name}", progress)
+    if entry.card:
+        card_src = catalog_path().parent / entry.card
+        (folder / "medai.json").write_text(card_src.read_text())
+    return folder
+
+
+def fetch_sample(name: str) -> dict[str, Path]:
+    """Fetch a catalog sample's files into the cache; returns {file name: path}."""
+    entry = find_sample(name)
+    if entry is None:
+        raise KeyError(f"sample {name!r} is not in the catalog; known: {', '.join(s.name for s in list_samples())}")
+    return fetch_source(entry.source, cache_dir() / "samples" / name, f"sample {name}")

@@ -1,0 +1,360 @@
+"""One loader for every model format: catalog name, MONAI Bundle (folder or zip), model card, TorchScript.
+
+Security: weights are read with ``torch.load(weights_only=True)`` (no pickled code runs) or
+``torch.jit.load``, and checked against the sha256 a card gives. But a MONAI Bundle config and
+a card's ``network`` section are evaluated by ``monai.bundle.ConfigParser``, whose ``$``
+expressions are Python code: **loading a bundle or card from an untrusted source runs its
+code.** Only load models you trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..fetch import FetchError, cache_dir, check_sha256, safe_extract_member
+from ..results import Label
+from . import catalog
+from .card import ModelCard, ModelCardError, parse_card, read_card, parse_labels
+
+log = logging.getLogger(__name__)
+
+CARD_NAMES = ("medai.json", "card.json", "model_card.json")
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded; the message names the file and what to do."""
+
+
+@dataclass
+class BundleParts:
+    """The in-memory pieces of a MONAI Bundle's inference config (no LoadImage/SaveImage)."""
+
+    parser: Any
+    image_key: str
+    preprocessing: Any
+    inferer: Any
+    postprocessing: Any
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: its card (labels, settings), its networks on ``device``."""
+
+    card: ModelCard
+    networks: list[torch.nn.Module]
+    device: torch.device
+    kind: str  # "card", "torchscript" or "bundle"
+    source: Path
+    bundle: BundleParts | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def labels(self) -> list[Label]:
+        return self.card.labels
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks the first CUDA GPU when there is one, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    device = (device or "auto").strip().lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} asked for, but no CUDA GPU is available here; use --device cpu or auto")
+        dev = torch.device(device)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) present")
+        return dev
+    if device == "cpu":
+        return torch.device("cpu")
+    raise ModelLoadError(f"device {device!r} unknown; use auto, cpu or cuda[:N]")
+
+
+# --- weights --------------------------------------------------------------------------------
+
+
+def load_state_dict(path: Path, sha256: str | None = None) -> dict:
+    """Read a checkpoint safely (``weights_only=True``) and unwrap common containers."""
+    if not path.exists():
+        raise ModelLoadError(f"weights file not found: {path}")
+    try:
+        check_sha256(path, sha256, "weights")
+    except FetchError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError for corrupt zips, EOFError...
+        raise ModelLoadError(
+            f"{path}: not a loadable weights file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            "MedAI only reads plain tensors (torch.load weights_only=True); re-save the checkpoint with torch.save(model.state_dict())"
+        ) from exc
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "network", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelLoadError(f"{path}: expected a state_dict (name -> tensor)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_torchscript(path: Path, sha256: str | None = None) -> torch.nn.Module:
+    if not path.exists():
+        raise ModelLoadError(f"TorchScript file not found: {path}")
+    try:
+        check_sha256(path, sha256, "TorchScript model")
+    except FetchError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not a TorchScript model ({str(exc).splitlines()[0][:200]})") from exc
+
+
+def is_torchscript(path: Path) -> bool:
+    """TorchScript archives hold a ``code/`` folder; plain checkpoints do not."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n or n.startswith("code/") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def build_network(config: dict, where: str) -> torch.nn.Module:
+    """Instantiate a network from a ConfigParser dict (e.g. ``{"_target_": "monai.networks.nets.UNet", ...}``)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser({"network": config})
+    try:
+        net = parser.get_parsed_content("network")
+    except Exception as exc:
+        raise ModelCardError(f"{where}: cannot build the network ({str(exc).splitlines()[0][:300]})") from exc
+    if not isinstance(net, torch.nn.Module):
+        raise ModelCardError(f"{where}: 'network' did not build a torch.nn.Module")
+    return net
+
+
+def _stage_network(card: ModelCard, index: int) -> torch.nn.Module:
+    stage = card.stages[index]
+    weights = card.weights_path(stage)
+    where = f"model {card.name}, stage {stage.name}"
+    if stage.network is None:
+        if weights is None:
+            raise ModelCardError(f"{where}: needs 'weights'")
+        return load_torchscript(weights, stage.sha256)
+    net = build_network(stage.network, where)
+    if weights is not None:
+        state = load_state_dict(weights, stage.sha256)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"{weights}: weights do not fit the card's network ({str(exc).splitlines()[0][:300]})") from exc
+    return net
+
+
+# --- bundles --------------------------------------------------------------------------------
+
+
+def _find_config(folder: Path, stem: str) -> Path | None:
+    for ext in (".json", ".yaml", ".yml"):
+        p = folder / "configs" / f"{stem}{ext}"
+        if p.exists():
+            return p
+    return None
+
+
+def extract_bundle_zip(path: Path) -> Path:
+    """Unpack a bundle zip into the cache (once per content hash), refusing escaping entries."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    dest = cache_dir() / "bundles" / f"{path.stem}-{digest}"
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if not n.endswith("/")]
+            for n in names:
+                if n.startswith("/") or ".." in Path(n).parts:
+                    raise ModelLoadError(f"{path}: entry {n!r} points outside the bundle folder; refusing this zip")
+            if not (dest / ".complete").exists():
+                for n in names:
+                    safe_extract_member(z, n, dest / n)
+                (dest / ".complete").write_text("ok")
+    except zipfile.BadZipFile as exc:
+        raise ModelLoadError(f"{path}: not a valid zip file") from exc
+    roots = {p.parent.parent for p in dest.rglob("configs/metadata.json")}
+    if len(roots) != 1:
+        raise ModelLoadError(f"{path}: expected one bundle (configs/metadata.json) in the zip, found {len(roots)}")
+    return roots.pop()
+
+
+def _strip(compose: Any, names: tuple[str, ...]) -> Any:
+    """Remove file I/O transforms from a bundle Compose, in place (Invertd keeps referring to it)."""
+    if compose is None:
+        return None
+    compose.transforms = tuple(t for t in compose.transforms if type(t).__name__ not in names)
+    return compose
+
+
+def bundle_labels(meta: dict) -> list[Label]:
+    outputs = meta.get("network_data_format", {}).get("outputs", {})
+    out = outputs.get("pred") or next(iter(outputs.values()), {})
+    channel_def = out.get("channel_def") or {}
+    raw = {k: v for k, v in channel_def.items() if str(k).isdigit() and int(k) > 0 and str(v).lower() != "background"}
+    if not raw and channel_def:  # e.g. sigmoid multi-label outputs whose channel 0 is a class
+        raw = {str(int(k) + 1): v for k, v in channel_def.items() if str(k).isdigit()}
+    return parse_labels(raw, "bundle metadata")
+
+
+def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
+    from monai.bundle import ConfigParser
+
+    meta_path = folder / "configs" / "metadata.json"
+    infer_path = _find_config(folder, "inference")
+    if not meta_path.exists() or infer_path is None:
+        raise ModelLoadError(f"{folder}: not a MONAI Bundle (needs configs/metadata.json and configs/inference.json|yaml)")
+    parser = ConfigParser()
+    parser.read_meta(str(meta_path))
+    parser.read_config(str(infer_path))
+    parser["bundle_root"] = str(folder)
+    parser["device"] = f"$torch.device('{device}')"
+    meta = json.loads(meta_path.read_text())
+    where = f"bundle {folder.name}"
+    try:
+        ts_path, pt_path = folder / "models" / "model.ts", folder / "models" / "model.pt"
+        if pt_path.exists():
+            network = parser.get_parsed_content("network_def")
+            state = load_state_dict(pt_path)
+            try:
+                network.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ModelLoadError(f"{pt_path}: weights do not fit the bundle's network_def ({str(exc).splitlines()[0][:300]})") from exc
+        elif ts_path.exists():
+            network = load_torchscript(ts_path)
+        else:
+            raise ModelLoadError(
+                f"{where}: no weights; put the bundle's models/model.pt (or model.ts) into {folder / 'models'} "
+                "(configs/large_files.yml names where the published weights are)"
+            )
+        preprocessing = _strip(parser.get_parsed_content("preprocessing"), ("LoadImaged", "LoadImage"))
+        inferer = parser.get_parsed_content("inferer")
+        postprocessing = _strip(parser.get_parsed_content("postprocessing"), ("SaveImaged", "SaveImage")) if "postprocessing" in parser else None
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"{where}: cannot parse its inference config ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from exc
+    fmt = meta.get("network_data_format", {})
+    image_in = fmt.get("inputs", {}).get("image", {})
+    channels = int(image_in.get("num_channels", 1))
+    card = ModelCard(
+        name=meta.get("name") or folder.name,
+        task=_bundle_task(meta),
+        stages=[],
+        labels=bundle_labels(meta),
+        inputs=[{"name": str(n), "modality": image_in.get("modality", "")} for n in (image_in.get("channel_def") or {str(i): f"channel {i}" for i in range(channels)}).values()],
+        root=folder,
+        title=meta.get("name", folder.name),
+        description=meta.get("description", ""),
+        license=(folder / "LICENSE").read_text().splitlines()[0] if (folder / "LICENSE").exists() else "",
+        raw=meta,
+    )
+    parts = BundleParts(parser, parser.get("image_key", "image") or "image", preprocessing, inferer, postprocessing)
+    return LoadedModel(card, [network.to(device).eval()], device, "bundle", folder, parts)
+
+
+def _bundle_task(meta: dict) -> str:
+    fmt = meta.get("network_data_format", {}).get("outputs", {})
+    out = fmt.get("pred") or next(iter(fmt.values()), {})
+    return "classification" if out.get("type") in ("probabilities", "logits") or "classif" in meta.get("task", "").lower() else "segmentation"
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def _card_beside(path: Path) -> Path | None:
+    for candidate in (path.with_suffix(".json"), *(path.parent / n for n in CARD_NAMES)):
+        if candidate.exists() and candidate != path:
+            return candidate
+    return None
+
+
+def resolve_model_path(spec: str | Path, progress: Callable[[float], None] | None = None) -> Path:
+    """A catalog name becomes its cached folder (fetched if needed); paths are returned as they are."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path.resolve()
+    entry = catalog.find_model(str(spec))
+    if entry is None:
+        names = ", ".join(m.name for m in catalog.list_models())
+        raise ModelLoadError(f"model {spec!r}: no such file, folder or catalog name (catalog: {names})")
+    try:
+        return catalog.fetch_model(entry, progress)
+    except FetchError as exc:
+        raise ModelLoadError(str(exc)) from exc
+
+
+def _load_uncached(path: Path, device: torch.device) -> LoadedModel:
+    if path.is_dir():
+        if (path / "configs" / "metadata.json").exists():
+            return load_bundle(path, device)
+        card_path = next((path / n for n in CARD_NAMES if (path / n).exists()), None)
+        if card_path is None:
+            raise ModelLoadError(f"{path}: neither a MONAI Bundle (configs/metadata.json) nor a folder with a model card ({', '.join(CARD_NAMES)})")
+        path = card_path
+    if path.suffix.lower() == ".zip":
+        return load_bundle(extract_bundle_zip(path), device)
+    if path.suffix.lower() == ".json":
+        card = read_card(path)
+        kind = "card"
+    elif path.suffix.lower() in (".ts", ".pt", ".pth", ".torchscript"):
+        beside = _card_beside(path)
+        if beside is None:
+            raise ModelLoadError(f"{path}: a TorchScript model needs a model card beside it ({path.with_suffix('.json').name}) naming its labels and preprocessing")
+        raw = json.loads(beside.read_text())
+        raw.setdefault("weights", path.name)
+        card = parse_card(raw, path.parent, where=str(beside))
+        kind = "torchscript"
+    else:
+        raise ModelLoadError(f"{path}: unknown model format; give a bundle folder or .zip, a .json model card, or a TorchScript file")
+    networks = [_stage_network(card, i).to(device).eval() for i in range(len(card.stages))]
+    return LoadedModel(card, networks, device, kind, path)
+
+
+_CACHE: dict[tuple, LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_model(spec: str | Path, device: str | torch.device = "auto", progress: Callable[[float], None] | None = None) -> LoadedModel:
+    """Load (or return the cached) model named by ``spec`` on ``device``.
+
+    ``spec`` is a catalog name, a MONAI Bundle folder or zip, a JSON model card, or a
+    TorchScript file with a card beside it. A model stays cached until its file changes.
+    """
+    dev = resolve_device(device)
+    path = resolve_model_path(spec, progress)
+    stamp = max((p.stat().st_mtime_ns for p in ([path] + (list(path.rglob("*")) if path.is_dir() else [])) if p.is_file()), default=0)
+    key = (str(path), stamp, str(dev))
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    model = _load_uncached(path, dev)
+    with _CACHE_LOCK:
+        _CACHE[key] = model
+    return model
+
+
+def clear_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
