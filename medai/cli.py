@@ -1,0 +1,43 @@
+"""The ``medai`` command line: ``medai segment|models|demo ...``.
+
+Each sub-command lives in ``medai/commands/<name>.py`` with ``register(subparsers)``; its
+handler returns an exit code. Errors are printed as one clear line with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = ["segment", "models", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medai", description="MONAI segmentation and classification on image files.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every stage")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"medai.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("medai: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line; --verbose shows the traceback
+        if args.verbose:
+            logging.exception("failed")
+        print(f"medai {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``medai`` command line, one module each."""

@@ -1,0 +1,1 @@
+"""Slicer scene bridge: imports only the MRML API (slicer-core), never Qt."""

@@ -1,0 +1,59 @@
+"""A headless Slicer built from slicer-core's real logics (no GUI, no Qt).
+
+Used by the demo, the command line's ``.mrb`` output and the tests. It sets ``slicer.mrmlScene``,
+``slicer.app`` (application logic only) and ``slicer.modules.<name>.logic()`` so that
+``slicer.util`` helpers work as they do inside Slicer.
+"""
+
+from __future__ import annotations
+
+import types
+
+import slicer
+
+
+class HeadlessApp:
+    """The part of ``slicer.app`` that scene code needs, backed by a real application logic."""
+
+    def __init__(self, app_logic) -> None:
+        self._app_logic = app_logic
+        self.commandOptions = types.SimpleNamespace(noMainWindow=True)
+
+    def applicationLogic(self):
+        return self._app_logic
+
+    def processEvents(self) -> None:  # nothing queued without a GUI event loop
+        pass
+
+
+def _module(logic) -> types.SimpleNamespace:
+    return types.SimpleNamespace(logic=lambda: logic)
+
+
+def make_headless_slicer():
+    """Create a fresh scene with application, segmentations, volumes and colors logics; returns the scene."""
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    colors = slicer.vtkSlicerColorLogic()
+    colors.SetMRMLApplicationLogic(app_logic)
+    colors.SetMRMLScene(scene)
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLApplicationLogic(app_logic)
+    segmentations.SetMRMLScene(scene)  # registers the segmentation representation converters
+    volumes = slicer.vtkSlicerVolumesLogic()
+    volumes.SetMRMLApplicationLogic(app_logic)
+    volumes.SetMRMLScene(scene)
+    tables = slicer.vtkSlicerTablesLogic() if hasattr(slicer, "vtkSlicerTablesLogic") else None
+    if tables is not None:
+        tables.SetMRMLApplicationLogic(app_logic)
+        tables.SetMRMLScene(scene)
+    slicer.mrmlScene = scene
+    slicer.app = HeadlessApp(app_logic)
+    slicer.modules = types.SimpleNamespace(
+        segmentations=_module(segmentations), volumes=_module(volumes), colors=_module(colors),
+        tables=_module(tables),
+    )
+    # keep the logics alive as long as the scene
+    scene._medai_logics = (app_logic, colors, segmentations, volumes, tables)  # type: ignore[attr-defined]
+    return scene

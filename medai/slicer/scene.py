@@ -1,0 +1,163 @@
+"""Scene bridge: MRML volume nodes in, segmentation / labelmap nodes out.
+
+Imports only Slicer's MRML API (``slicer`` from slicer-core works headless) and VTK.
+Nothing here touches the scene until a result is complete, so a failed or cancelled run
+leaves the scene as it was.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from ..geometry import GeometryError, Volume
+from ..results import SegmentationResult
+
+BINARY_LABELMAP = "Binary labelmap"
+
+
+def _matrix_to_numpy(m: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _numpy_to_matrix(a: np.ndarray) -> vtk.vtkMatrix4x4:
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(a[r, c]))
+    return m
+
+
+def node_ijk_to_ras(node) -> np.ndarray:
+    """The node's own IJK-to-RAS matrix (local coordinates, no parent transform)."""
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return _matrix_to_numpy(m)
+
+
+def node_ijk_to_world(node) -> np.ndarray:
+    """IJK to world RAS, including a linear parent transform; non-linear transforms are refused."""
+    ijk_to_ras = node_ijk_to_ras(node)
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return ijk_to_ras
+    if not parent.IsTransformToWorldLinear():
+        raise GeometryError(
+            f"{node.GetName()}: it is under a non-linear transform ({parent.GetName()}); harden the transform "
+            "(Data module: right-click > Harden transform) before running a model"
+        )
+    to_world = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(to_world)
+    return _matrix_to_numpy(to_world) @ ijk_to_ras
+
+
+def volume_from_node(node) -> Volume:
+    """A :class:`Volume` viewing the node's voxel buffer (no copy), in world geometry."""
+    if node is None:
+        raise GeometryError("no input volume selected; choose a volume node")
+    if not node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLVectorVolumeNode"):
+        raise GeometryError(f"{node.GetName()}: {node.GetClassName()} is not a scalar or vector volume")
+    if node.IsA("vtkMRMLDiffusionTensorVolumeNode") or node.IsA("vtkMRMLDiffusionWeightedVolumeNode"):
+        raise GeometryError(f"{node.GetName()}: diffusion volumes are not supported; extract a scalar volume first")
+    image = node.GetImageData()
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        raise GeometryError(f"{node.GetName()}: the volume has no voxels; load image data into it first")
+    array = slicer.util.arrayFromVolume(node)
+    return Volume(array, node_ijk_to_world(node), name=node.GetName(), metadata={"node_id": node.GetID()})
+
+
+def _oriented_image(labelmap: np.ndarray, ijk_to_ras: np.ndarray):
+    """A ``vtkOrientedImageData`` holding ``labelmap`` ([k, j, i]) on the given geometry."""
+    image = slicer.vtkOrientedImageData()
+    k, j, i = labelmap.shape
+    image.SetDimensions(i, j, k)
+    vtk_type = vtk.VTK_UNSIGNED_CHAR if labelmap.dtype == np.uint8 else vtk.VTK_UNSIGNED_SHORT
+    data = numpy_support.numpy_to_vtk(np.ascontiguousarray(labelmap).ravel(), deep=True, array_type=vtk_type)
+    data.SetNumberOfComponents(1)
+    image.GetPointData().SetScalars(data)
+    image.SetImageToWorldMatrix(_numpy_to_matrix(ijk_to_ras))
+    return image
+
+
+def fill_segmentation_node(seg_node, result: SegmentationResult, reference_node) -> None:
+    """Replace the node's segments with the result's labels (shared labelmaps, one per layer)."""
+    ijk_to_ras = node_ijk_to_ras(reference_node)  # local geometry; the parent transform is shared
+    segmentation = seg_node.GetSegmentation()
+    was_modifying = seg_node.StartModify()
+    try:
+        segmentation.RemoveAllSegments()
+        segmentation.SetSourceRepresentationName(BINARY_LABELMAP) if hasattr(segmentation, "SetSourceRepresentationName") else segmentation.SetMasterRepresentationName(BINARY_LABELMAP)
+        seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+        images = [_oriented_image(layer, ijk_to_ras) for layer in result.layers]
+        for label in result.labels:
+            segment = slicer.vtkSegment()
+            segment.SetName(label.name)
+            segment.SetColor(*label.color)
+            segment.SetLabelValue(int(label.value))
+            if label.terminology:
+                segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), label.terminology)
+            segment.AddRepresentation(BINARY_LABELMAP, images[label.layer])
+            segmentation.AddSegment(segment, segmentation.GenerateUniqueSegmentID(label.name))
+        seg_node.SetAndObserveTransformNodeID(reference_node.GetTransformNodeID())
+    finally:
+        seg_node.EndModify(was_modifying)
+
+
+def segmentation_node_from_result(result: SegmentationResult, reference_node, output_node=None, name: str | None = None):
+    """Put the result into ``output_node`` (its segments replaced) or a new segmentation node.
+
+    The new node is created only here, after the result is complete, so a failed run adds nothing.
+    """
+    scene = reference_node.GetScene()
+    if output_node is None:
+        output_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{reference_node.GetName()} {result.model_name}")
+        output_node.CreateDefaultDisplayNodes()
+    fill_segmentation_node(output_node, result, reference_node)
+    return output_node
+
+
+def labelmap_node_from_result(result: SegmentationResult, reference_node, output_node=None, name: str | None = None):
+    """The result as a ``vtkMRMLLabelMapVolumeNode`` with a colour table naming every label."""
+    scene = reference_node.GetScene()
+    labelmap = result.labelmap()
+    colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", f"{name or result.model_name} colors")
+    colors.SetTypeToUser()
+    labels = result.labels if len(result.layers) == 1 else [
+        type(lab)(n + 1, lab.name, lab.color) for n, lab in enumerate(result.labels)
+    ]
+    colors.SetNumberOfColors(max([lab.value for lab in labels] + [0]) + 1)
+    colors.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+    for lab in labels:
+        colors.SetColor(lab.value, lab.name, *lab.color, 1.0)
+    if output_node is None:
+        output_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name or f"{reference_node.GetName()} labels")
+    output_node.SetIJKToRASMatrix(_numpy_to_matrix(node_ijk_to_ras(reference_node)))
+    slicer.util.updateVolumeFromArray(output_node, labelmap)
+    output_node.SetAndObserveTransformNodeID(reference_node.GetTransformNodeID())
+    output_node.CreateDefaultDisplayNodes()
+    output_node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
+    return output_node
+
+
+def segment_array(seg_node, segment_id: str, reference_node) -> np.ndarray:
+    """A segment as a [k, j, i] array on the reference volume's grid (for checks and statistics)."""
+    return slicer.util.arrayFromSegmentBinaryLabelmap(seg_node, segment_id, reference_node)
+
+
+def save_scene_bundle(scene, path: str) -> None:
+    """Write the scene as a Slicer data bundle (``.mrb``)."""
+    if not scene.WriteToMRB(str(path)):
+        raise OSError(f"could not write the scene bundle {path}")
+
+
+def volume_node_from_volume(scene, volume: Volume, name: str | None = None, node=None):
+    """Add (or fill) a scalar/vector volume node holding ``volume`` with its exact geometry."""
+    cls = "vtkMRMLVectorVolumeNode" if volume.array.ndim == 4 else "vtkMRMLScalarVolumeNode"
+    if node is None:
+        node = scene.AddNewNodeByClass(cls, name or volume.name)
+    node.SetIJKToRASMatrix(_numpy_to_matrix(volume.ijk_to_ras))
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.array))
+    node.CreateDefaultDisplayNodes()
+    return node

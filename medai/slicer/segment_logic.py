@@ -1,0 +1,56 @@
+"""MedAISegment's logic below the widget: volume nodes + model -> segmentation node.
+
+Usable from Slicer's Python console, from the module, and headless (slicer-core)::
+
+    from medai.slicer.segment_logic import SegmentLogic
+    seg = SegmentLogic().segment([volumeNode], "deepbet-brain")
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..engine.progress import CancelToken, ProgressCallback
+from ..engine.segment import segment as run_segmentation
+from ..models.loader import LoadedModel, load_model
+from ..results import SegmentationResult
+from . import scene as bridge
+
+log = logging.getLogger(__name__)
+
+
+class SegmentLogic:
+    """Runs a model on volume nodes and writes a segmentation node; the scene changes only on success."""
+
+    def __init__(self) -> None:
+        self.last_result: SegmentationResult | None = None
+        self.last_timings: dict[str, float] = {}
+
+    def load(self, model: str | LoadedModel, device: str = "auto") -> LoadedModel:
+        return model if isinstance(model, LoadedModel) else load_model(model, device)
+
+    def compute(self, input_volumes, model: str | LoadedModel, device: str = "auto",
+                progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> SegmentationResult:
+        """The part that may run off the main thread: reads the nodes' voxels, touches no node."""
+        nodes = list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
+        volumes = [bridge.volume_from_node(n) for n in nodes]
+        start = time.perf_counter()
+        loaded = self.load(model, device)
+        load_s = time.perf_counter() - start
+        result = run_segmentation(loaded, volumes, progress, cancel)
+        result.timings = {"load": load_s, **result.timings}
+        return result
+
+    def apply(self, result: SegmentationResult, reference_node, output_segmentation=None):
+        """Main-thread part: put a finished result into the scene."""
+        node = bridge.segmentation_node_from_result(result, reference_node, output_segmentation)
+        self.last_result, self.last_timings = result, dict(result.timings)
+        return node
+
+    def segment(self, input_volumes, model: str | LoadedModel, output_segmentation=None, device: str = "auto",
+                progress: ProgressCallback | None = None, cancel: CancelToken | None = None):
+        """Segment ``input_volumes`` (a node or a list; the first defines the grid); returns the segmentation node."""
+        nodes = list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
+        result = self.compute(nodes, model, device, progress, cancel)
+        return self.apply(result, nodes[0], output_segmentation)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install MedAI with pinned dependencies. torch goes first so
+# that nothing later pulls a CUDA build; everything else is pinned in requirements.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+pip_install() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+torch_pin=$(grep -E '^torch==' requirements.txt)
+if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '${torch_pin#torch==}' else 1)" 2>/dev/null; then
+  pip_install "$torch_pin"
+fi
+pip_install -r requirements.txt
+pip_install --no-deps -e .
+.venv/bin/python -c "import torch, monai, SimpleITK, slicer, medai" || { echo "setup: import check failed" >&2; exit 1; }
