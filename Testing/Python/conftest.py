@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # this checkout's medai/, also from a git worktree
 MODEL_ZOO = REPO.parent / "shared" / "fixtures" / "model-zoo"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))

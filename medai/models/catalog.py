@@ -50,7 +50,16 @@ class CatalogEntry:
 
 
 def _load() -> dict:
-    return json.loads(catalog_path().read_text())
+    """The catalog, plus any extra entries from ``Catalog/models.d/*.json`` (each {"models": [...], "samples": [...]})."""
+    path = catalog_path()
+    data = json.loads(path.read_text())
+    for extra in sorted((path.parent / "models.d").glob("*.json")):
+        more = json.loads(extra.read_text())
+        for entry in more.get("models", []):
+            entry.setdefault("_base", str(extra.parent))
+        data["models"] = data["models"] + more.get("models", [])
+        data["samples"] = data.get("samples", []) + more.get("samples", [])
+    return data
 
 
 def _entry(raw: dict) -> CatalogEntry:
