@@ -57,6 +57,16 @@ def stack_inputs(volumes: list[Volume], expected_channels: int, model_name: str)
     return torch.cat([c.to(torch.float32) for c in channels], dim=0)
 
 
+def require_3d(volumes: list[Volume], model_name: str) -> None:
+    """A 3D network cannot segment a single slice: say so instead of padding it into nonsense."""
+    for v in volumes:
+        if min(v.shape_ijk) < 2:
+            raise GeometryError(
+                f"model {model_name} needs a 3D volume, but {v.name} has a single slice (dimensions {v.shape_ijk}); "
+                "load the whole series, or use a 2D model"
+            )
+
+
 def _activation(x: torch.Tensor, name: str) -> torch.Tensor:
     if name == "softmax":
         return torch.softmax(x, dim=1)
@@ -187,6 +197,8 @@ def segment_with_card(model: LoadedModel, volumes: list[Volume], progress: Progr
     card = model.card
     ref = volumes[0]
     with progress.stage("preprocess", 0.1):
+        if any(st.roi_size and len(st.roi_size) == 3 for st in card.stages):
+            require_3d(volumes, card.name)
         x = stack_inputs(volumes, card.num_inputs, card.name)
         reorient = card.stages[0].orientation == "RAS"
         if reorient:
@@ -245,6 +257,9 @@ def segment_with_bundle(model: LoadedModel, volumes: list[Volume], progress: Pro
     ref = volumes[0]
     with progress.stage("preprocess", 0.15):
         expected = len(model.card.inputs)
+        roi = getattr(parts.inferer, "roi_size", None)
+        if roi is not None and len(roi) == 3:
+            require_3d(volumes, model.card.name)
         x = stack_inputs(volumes, expected, model.card.name)
         image = MetaTensor(x, affine=torch.as_tensor(ref.ijk_to_ras), meta={
             "filename_or_obj": ref.name, "original_affine": torch.as_tensor(ref.ijk_to_ras),

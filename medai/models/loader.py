@@ -200,22 +200,53 @@ def extract_bundle_zip(path: Path) -> Path:
     return roots.pop()
 
 
-def _strip(compose: Any, names: tuple[str, ...]) -> Any:
-    """Remove file I/O transforms from a bundle Compose, in place (Invertd keeps referring to it)."""
-    if compose is None:
-        return None
-    compose.transforms = tuple(t for t in compose.transforms if type(t).__name__ not in names)
-    return compose
+def _strip(parser: Any, key: str, names: tuple[str, ...]) -> None:
+    """Remove file I/O transforms from a bundle Compose config (call before parsing anything).
+
+    They are removed from the config before parsing, so that e.g. an ITK-based LoadImaged is never
+    instantiated (the image arrives in memory). Invertd keeps referring to the parsed Compose.
+    """
+    config = parser[key]
+    if isinstance(config, dict) and isinstance(config.get("transforms"), list):
+        kept = [t for t in config["transforms"] if not (isinstance(t, dict) and str(t.get("_target_", "")).split(".")[-1] in names)]
+        parser[key] = {**config, "transforms": kept}
 
 
 def bundle_labels(meta: dict) -> list[Label]:
+    """Label names from ``network_data_format.outputs.pred.channel_def``.
+
+    With a "background" channel, channel N is label value N; without one (sigmoid multi-label
+    outputs such as BraTS), every channel is a class and channel N becomes value N + 1.
+    """
     outputs = meta.get("network_data_format", {}).get("outputs", {})
     out = outputs.get("pred") or next(iter(outputs.values()), {})
-    channel_def = out.get("channel_def") or {}
-    raw = {k: v for k, v in channel_def.items() if str(k).isdigit() and int(k) > 0 and str(v).lower() != "background"}
-    if not raw and channel_def:  # e.g. sigmoid multi-label outputs whose channel 0 is a class
-        raw = {str(int(k) + 1): v for k, v in channel_def.items() if str(k).isdigit()}
+    channel_def = {str(k): v for k, v in (out.get("channel_def") or {}).items() if str(k).isdigit()}
+    if any(str(v).lower() == "background" for v in channel_def.values()):
+        raw = {k: v for k, v in channel_def.items() if str(v).lower() != "background"}
+    else:
+        raw = {str(int(k) + 1): v for k, v in channel_def.items()}
     return parse_labels(raw, "bundle metadata")
+
+
+# Network arguments that newer MONAI versions removed; bundles published earlier still pass them.
+REMOVED_NETWORK_ARGS = ("img_size",)
+
+
+def parse_network_def(parser: Any, key: str = "network_def") -> torch.nn.Module:
+    """Instantiate a bundle's network, dropping arguments the installed MONAI no longer accepts."""
+    try:
+        return parser.get_parsed_content(key)
+    except Exception as exc:
+        text = "".join(str(e) for e in (exc, exc.__cause__) if e)
+        dropped = [a for a in REMOVED_NETWORK_ARGS if f"unexpected keyword argument '{a}'" in text and a in parser[key]]
+        if not dropped:
+            raise
+        log.warning("%s: dropping %s, which this MONAI version no longer accepts", key, ", ".join(dropped))
+        config = dict(parser[key])
+        for a in dropped:
+            config.pop(a)
+        parser[key] = config
+        return parser.get_parsed_content(key, lazy=False)
 
 
 def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
@@ -232,10 +263,14 @@ def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     parser["device"] = f"$torch.device('{device}')"
     meta = json.loads(meta_path.read_text())
     where = f"bundle {folder.name}"
+    # the image arrives in memory and the result goes to the scene: no file I/O transforms
+    _strip(parser, "preprocessing", ("LoadImaged", "LoadImage"))
+    if "postprocessing" in parser:
+        _strip(parser, "postprocessing", ("SaveImaged", "SaveImage"))
     try:
         ts_path, pt_path = folder / "models" / "model.ts", folder / "models" / "model.pt"
         if pt_path.exists():
-            network = parser.get_parsed_content("network_def")
+            network = parse_network_def(parser)
             state = load_state_dict(pt_path)
             try:
                 network.load_state_dict(state)
@@ -248,9 +283,10 @@ def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
                 f"{where}: no weights; put the bundle's models/model.pt (or model.ts) into {folder / 'models'} "
                 "(configs/large_files.yml names where the published weights are)"
             )
-        preprocessing = _strip(parser.get_parsed_content("preprocessing"), ("LoadImaged", "LoadImage"))
+        preprocessing = parser.get_parsed_content("preprocessing")
         inferer = parser.get_parsed_content("inferer")
-        postprocessing = _strip(parser.get_parsed_content("postprocessing"), ("SaveImaged", "SaveImage")) if "postprocessing" in parser else None
+        # parsed after preprocessing, so its Invertd refers to that very Compose object
+        postprocessing = parser.get_parsed_content("postprocessing") if "postprocessing" in parser else None
     except ModelLoadError:
         raise
     except Exception as exc:
