@@ -10,6 +10,7 @@ from __future__ import annotations
 import types
 
 import slicer
+import vtk
 
 
 class HeadlessApp:
@@ -35,9 +36,16 @@ def make_headless_slicer():
     scene = slicer.vtkMRMLScene()
     app_logic = slicer.vtkSlicerApplicationLogic()
     app_logic.SetMRMLScene(scene)
-    colors = slicer.vtkSlicerColorLogic()
-    colors.SetMRMLApplicationLogic(app_logic)
-    colors.SetMRMLScene(scene)
+    # Without a Slicer home folder the color logic logs that it found no default color files;
+    # that is expected headless, so keep it off stderr.
+    verbosity = vtk.vtkLogger.GetCurrentVerbosityCutoff()
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+    try:
+        colors = slicer.vtkSlicerColorLogic()
+        colors.SetMRMLApplicationLogic(app_logic)
+        colors.SetMRMLScene(scene)
+    finally:
+        vtk.vtkLogger.SetStderrVerbosity(verbosity)
     segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
     segmentations.SetMRMLApplicationLogic(app_logic)
     segmentations.SetMRMLScene(scene)  # registers the segmentation representation converters
