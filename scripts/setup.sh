@@ -7,11 +7,18 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-pip_install() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+pip_install() {
+  # pip's warnings about this machine's extra package folders are noise; real errors still fail the script
+  local log; log=$(mktemp)
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" >&2; rm -f "$log"; return 1
+  fi
+  rm -f "$log"
+}
 torch_pin=$(grep -E '^torch==' requirements.txt)
 if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '${torch_pin#torch==}' else 1)" 2>/dev/null; then
   pip_install "$torch_pin"
 fi
 pip_install -r requirements.txt
-pip_install --no-deps -e .
+pip_install --no-deps --no-build-isolation -e . || pip_install --no-deps -e .
 .venv/bin/python -c "import torch, monai, SimpleITK, slicer, medai" || { echo "setup: import check failed" >&2; exit 1; }
