@@ -184,3 +184,25 @@ def test_postprocessing_keeps_largest_component_and_fills_holes(tmp_path):
     expected = np.zeros_like(mask)
     expected[2:12, 2:12, 2:12] = True
     assert np.array_equal(mask, expected)
+
+
+def test_labelmap_output_and_terminology(scene, tmp_path):
+    import slicer
+
+    path = threshold_card(tmp_path / "thr")
+    card = json.loads(path.read_text())
+    term = "SCT^123037004^Anatomical Structure~SCT^10200004^Liver~^^~Anatomic codes - DICOM master list~^^~^^|"
+    card["labels"]["1"]["terminology"] = term
+    path.write_text(json.dumps(card))
+    vol = cube_volume()
+    node = bridge.volume_node_from_volume(scene, vol, name="CT")
+    logic = SegmentLogic()
+    seg = logic.segment([node], str(path), device="cpu", output_labelmap=True)
+    segment = seg.GetSegmentation().GetNthSegment(0)
+    assert segment.GetTerminology() == term
+    labelmap = logic.last_labelmap_node
+    assert labelmap.IsA("vtkMRMLLabelMapVolumeNode")
+    assert np.array_equal(slicer.util.arrayFromVolume(labelmap), (vol.array > 50).astype(np.uint8))
+    assert np.allclose(bridge.node_ijk_to_ras(labelmap), bridge.node_ijk_to_ras(node))
+    colors = labelmap.GetDisplayNode().GetColorNode()
+    assert colors.GetColorName(1) == "bright"

@@ -26,6 +26,7 @@ class SegmentLogic:
     def __init__(self) -> None:
         self.last_result: SegmentationResult | None = None
         self.last_timings: dict[str, float] = {}
+        self.last_labelmap_node = None
 
     def load(self, model: str | LoadedModel, device: str = "auto") -> LoadedModel:
         return model if isinstance(model, LoadedModel) else load_model(model, device)
@@ -42,15 +43,23 @@ class SegmentLogic:
         result.timings = {"load": load_s, **result.timings}
         return result
 
-    def apply(self, result: SegmentationResult, reference_node, output_segmentation=None):
-        """Main-thread part: put a finished result into the scene."""
+    def apply(self, result: SegmentationResult, reference_node, output_segmentation=None, output_labelmap=None):
+        """Main-thread part: put a finished result into the scene.
+
+        ``output_labelmap``: None (no labelmap), True (a new labelmap volume node) or an existing
+        ``vtkMRMLLabelMapVolumeNode`` to fill; it is then available as ``last_labelmap_node``.
+        """
         node = bridge.segmentation_node_from_result(result, reference_node, output_segmentation)
+        self.last_labelmap_node = None
+        if output_labelmap is not None and output_labelmap is not False:
+            existing = None if output_labelmap is True else output_labelmap
+            self.last_labelmap_node = bridge.labelmap_node_from_result(result, reference_node, existing)
         self.last_result, self.last_timings = result, dict(result.timings)
         return node
 
     def segment(self, input_volumes, model: str | LoadedModel, output_segmentation=None, device: str = "auto",
-                progress: ProgressCallback | None = None, cancel: CancelToken | None = None):
+                progress: ProgressCallback | None = None, cancel: CancelToken | None = None, output_labelmap=None):
         """Segment ``input_volumes`` (a node or a list; the first defines the grid); returns the segmentation node."""
         nodes = list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
         result = self.compute(nodes, model, device, progress, cancel)
-        return self.apply(result, nodes[0], output_segmentation)
+        return self.apply(result, nodes[0], output_segmentation, output_labelmap)
