@@ -206,3 +206,18 @@ def test_labelmap_output_and_terminology(scene, tmp_path):
     assert np.allclose(bridge.node_ijk_to_ras(labelmap), bridge.node_ijk_to_ras(node))
     colors = labelmap.GetDisplayNode().GetColorNode()
     assert colors.GetColorName(1) == "bright"
+
+
+def test_broken_model_leaves_scene_and_output_node_unchanged(scene, tmp_path):
+    from medai.models.loader import ModelLoadError
+
+    path = threshold_card(tmp_path / "broken")
+    (tmp_path / "broken" / "model.pt").write_bytes(b"\x00garbage" * 100)
+    node = bridge.volume_node_from_volume(scene, cube_volume(), name="CT")
+    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    output.GetSegmentation().AddEmptySegment("keep", "keep")
+    before = _scene_state(scene)
+    with pytest.raises(ModelLoadError, match="not a loadable weights file"):
+        SegmentLogic().segment([node], str(path), output_segmentation=output, device="cpu")
+    assert _scene_state(scene) == before
+    assert list(output.GetSegmentation().GetSegmentIDs()) == ["keep"]
