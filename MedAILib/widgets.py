@@ -31,7 +31,6 @@ class QueuePump:
 
     def stop(self) -> None:
         self.timer.stop()
-        self.queue.process_pending()
 
 
 class ModelSelector:
