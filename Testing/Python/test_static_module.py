@@ -93,7 +93,8 @@ def test_extension_metadata_and_index_entry():
     assert entry["category"] == sets["EXTENSION_CATEGORY"][0].strip('"')
 
 
-@pytest.mark.parametrize("png", ["Resources/MedAI.png", "MedAISegment/Resources/Icons/MedAISegment.png"])
+@pytest.mark.parametrize("png", ["Resources/MedAI.png", "MedAISegment/Resources/Icons/MedAISegment.png",
+                                 "MedAIClassify/Resources/Icons/MedAIClassify.png"])
 def test_icons_are_128_png(png):
     from PIL import Image
 
