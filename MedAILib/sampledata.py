@@ -37,7 +37,8 @@ def registerSampleData(iconsPath: str | None = None) -> None:
             category=CATEGORY,
             sampleName=entry.name,
             thumbnailFileName=thumbnail,
-            nodeNames=entry.name,
+            # SampleDataSource needs equal-length lists; the files come from the custom downloader
+            uris=[], fileNames=[], nodeNames=[],
             # pinned by version and sha256 in the catalog; fetched by medai, not by a plain URL
             customDownloader=lambda source, name=entry.name: loadSample(name),
         )
