@@ -12,12 +12,17 @@ from ..fetch import cache_dir, fetch_source
 
 
 def resources_dir() -> Path:
-    """The extension's ``Resources`` folder (source checkout or installed Slicer extension)."""
+    """The extension's ``Resources`` folder holding ``Catalog/models.json``.
+
+    Found next to the ``medai`` package in both layouts: the source checkout (``<repo>/Resources``)
+    and the installed Slicer extension, where CMake puts ``medai/`` and ``Resources/Catalog/``
+    side by side in ``lib/Slicer-X.Y/qt-scripted-modules/``. ``$MEDAI_RESOURCES`` overrides both.
+    """
     env = os.environ.get("MEDAI_RESOURCES")
     if env:
         return Path(env)
     here = Path(__file__).resolve()
-    for parent in here.parents:
+    for parent in here.parents[1:]:  # medai/, then the folder holding medai/, ...
         if (parent / "Resources" / "Catalog" / "models.json").exists():
             return parent / "Resources"
     raise FileNotFoundError("MedAI Resources folder not found; set MEDAI_RESOURCES to the folder holding Catalog/models.json")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
+import slicer
+
 from ..engine.progress import CancelToken, ProgressCallback
 from ..engine.segment import segment as run_segmentation
 from ..models.loader import LoadedModel, load_model
@@ -44,16 +46,39 @@ class SegmentLogic:
         return result
 
     def apply(self, result: SegmentationResult, reference_node, output_segmentation=None, output_labelmap=None):
-        """Main-thread part: put a finished result into the scene.
+        """Main-thread part: put a finished result into the scene, all or nothing.
 
-        ``output_labelmap``: None (no labelmap), True (a new labelmap volume node) or an existing
-        ``vtkMRMLLabelMapVolumeNode`` to fill; it is then available as ``last_labelmap_node``.
+        If writing fails half-way, a node made here is removed and a given output node gets its
+        previous segments back, so the scene is as it was. ``output_labelmap``: None (no labelmap),
+        True (a new labelmap volume node) or an existing ``vtkMRMLLabelMapVolumeNode`` to fill; it
+        is then available as ``last_labelmap_node``.
         """
-        node = bridge.segmentation_node_from_result(result, reference_node, output_segmentation)
-        self.last_labelmap_node = None
-        if output_labelmap is not None and output_labelmap is not False:
-            existing = None if output_labelmap is True else output_labelmap
-            self.last_labelmap_node = bridge.labelmap_node_from_result(result, reference_node, existing)
+        if output_segmentation is not None and not output_segmentation.IsA("vtkMRMLSegmentationNode"):
+            raise TypeError(f"{output_segmentation.GetName()}: the output must be a segmentation node, "
+                            f"not {output_segmentation.GetClassName()}; choose a segmentation or create a new one")
+        scene = reference_node.GetScene()
+        before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+        backup = None
+        if output_segmentation is not None:
+            backup = slicer.vtkSegmentation()
+            backup.DeepCopy(output_segmentation.GetSegmentation())
+            old_transform = output_segmentation.GetTransformNodeID()
+        try:
+            start = time.perf_counter()
+            node = bridge.segmentation_node_from_result(result, reference_node, output_segmentation)
+            self.last_labelmap_node = None
+            if output_labelmap is not None and output_labelmap is not False:
+                existing = None if output_labelmap is True else output_labelmap
+                self.last_labelmap_node = bridge.labelmap_node_from_result(result, reference_node, existing)
+            result.timings["scene"] = time.perf_counter() - start
+        except BaseException:
+            if backup is not None:
+                output_segmentation.GetSegmentation().DeepCopy(backup)
+                output_segmentation.SetAndObserveTransformNodeID(old_transform)
+            added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+            for extra in [n for n in added if n.GetID() not in before]:
+                scene.RemoveNode(extra)
+            raise
         self.last_result, self.last_timings = result, dict(result.timings)
         return node
 

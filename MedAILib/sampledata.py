@@ -1,0 +1,44 @@
+"""Registers the catalog's sample images with Slicer's Sample Data module (done at startup)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import slicer
+
+from medai.models import catalog
+from medai.slicer.panel import load_sample_volume
+
+CATEGORY = "MedAI"
+
+
+def loadSample(name: str):
+    """Fetch (cached in ~/.cache/medai or $MEDAI_HOME) and load a catalog sample; returns its volume node."""
+    with slicer.util.tryWithErrorDisplay(f"Cannot load the sample {name}.", waitCursor=True):
+        node = load_sample_volume(name)
+        slicer.util.setSliceViewerLayers(background=node, fit=True)
+        return node
+    return None
+
+
+def registerSampleData(iconsPath: str | None = None) -> None:
+    """Add every catalog sample to the Sample Data module under "MedAI"."""
+    try:
+        import SampleData
+    except ImportError:
+        logging.info("MedAI: Sample Data module not loaded; samples not registered")
+        return
+    if hasattr(SampleData.SampleDataLogic, "registerCustomSampleDataCategory"):
+        SampleData.SampleDataLogic.registerCustomSampleDataCategory(CATEGORY, title="MedAI")
+    thumbnail = os.path.join(iconsPath, "MedAISegment.png") if iconsPath else None
+    for entry in catalog.list_samples():
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category=CATEGORY,
+            sampleName=entry.name,
+            thumbnailFileName=thumbnail,
+            # SampleDataSource needs equal-length lists; the files come from the custom downloader
+            uris=[], fileNames=[], nodeNames=[],
+            # pinned by version and sha256 in the catalog; fetched by medai, not by a plain URL
+            customDownloader=lambda source, name=entry.name: loadSample(name),
+        )

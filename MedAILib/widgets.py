@@ -1,0 +1,156 @@
+"""Shared panel pieces: model selector with "Import model...", device choice, run controls, queue pump.
+
+Thin wrappers that put what :mod:`medai.slicer.panel` computes into widgets loaded from ``.ui``
+files; they hold no algorithm.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import qt
+import slicer
+
+from medai.slicer import panel
+
+IMPORTED_KEY = "MedAI/ImportedModels"
+
+
+class QueuePump:
+    """Drains a :class:`medai.slicer.jobs.MainThreadQueue` from a timer owned by the main thread."""
+
+    def __init__(self, queue, interval_ms: int = 50) -> None:
+        self.queue = queue
+        self.timer = qt.QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.connect("timeout()", lambda: self.queue.process_pending())
+
+    def start(self) -> None:
+        self.timer.start()
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+
+class ModelSelector:
+    """A combo box of catalog models plus imported ones, and an "Import model..." tool button."""
+
+    def __init__(self, comboBox, importButton, task: str = "segmentation",
+                 onChanged: Callable[[str], None] | None = None) -> None:
+        self.comboBox, self.importButton, self.task, self.onChanged = comboBox, importButton, task, onChanged
+        self.choices: list[panel.ModelChoice] = []
+        menu = qt.QMenu(importButton)
+        menu.addAction("MONAI Bundle folder...", self.importFolder)
+        menu.addAction("Bundle .zip, model card .json or TorchScript file...", self.importFile)
+        importButton.setMenu(menu)
+        importButton.popupMode = qt.QToolButton.InstantPopup
+        comboBox.connect("currentIndexChanged(int)", self._changed)
+        self.refresh()
+
+    @staticmethod
+    def imported() -> list[str]:
+        value = qt.QSettings().value(IMPORTED_KEY) or []
+        return [value] if isinstance(value, str) else list(value)
+
+    def refresh(self, select: str | None = None) -> None:
+        current = select or self.currentSpec()
+        self.choices = panel.model_choices(self.task, self.imported())
+        blocked = self.comboBox.blockSignals(True)
+        self.comboBox.clear()
+        for n, choice in enumerate(self.choices):
+            self.comboBox.addItem(choice.title, choice.spec)
+            self.comboBox.setItemData(n, choice.tooltip, qt.Qt.ToolTipRole)
+        self.comboBox.blockSignals(blocked)
+        self.setCurrentSpec(current)
+
+    def currentChoice(self) -> panel.ModelChoice | None:
+        index = self.comboBox.currentIndex
+        return self.choices[index] if 0 <= index < len(self.choices) else None
+
+    def currentSpec(self) -> str:
+        choice = self.currentChoice()
+        return choice.spec if choice else ""
+
+    def setCurrentSpec(self, spec: str | None) -> None:
+        index = next((n for n, c in enumerate(self.choices) if c.spec == spec), 0 if self.choices else -1)
+        self.comboBox.currentIndex = index
+        self._changed(index)
+
+    def _changed(self, index: int) -> None:
+        if self.onChanged is not None:
+            self.onChanged(self.currentSpec())
+
+    def importFolder(self) -> None:
+        self._import(qt.QFileDialog.getExistingDirectory(None, "Import a MONAI Bundle or model card folder"))
+
+    def importFile(self) -> None:
+        self._import(qt.QFileDialog.getOpenFileName(None, "Import a model", "", panel.IMPORT_FILTER))
+
+    def _import(self, path: str) -> None:
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay("Cannot import this model."):
+            spec = panel.check_import(path)
+            imported = [p for p in self.imported() if p != spec] + [spec]
+            qt.QSettings().setValue(IMPORTED_KEY, imported)
+            self.refresh(select=spec)
+
+
+class DeviceSelector:
+    """A combo box of auto / CPU / each CUDA GPU."""
+
+    def __init__(self, comboBox) -> None:
+        self.comboBox = comboBox
+        self.devices: list[str] = []
+        comboBox.clear()
+        for label, device in panel.device_choices():
+            comboBox.addItem(label, device)
+            self.devices.append(device)
+
+    def currentDevice(self) -> str:
+        index = self.comboBox.currentIndex
+        return self.devices[index] if 0 <= index < len(self.devices) else "auto"
+
+    def setCurrentDevice(self, device: str) -> None:
+        self.comboBox.currentIndex = self.devices.index(device) if device in self.devices else 0
+
+
+class RunControls:
+    """Apply button that becomes Cancel while running, progress bar, status and elapsed time."""
+
+    def __init__(self, applyButton, progressBar, statusLabel, elapsedLabel, applyText: str = "Apply") -> None:
+        self.applyButton, self.progressBar = applyButton, progressBar
+        self.statusLabel, self.elapsedLabel, self.applyText = statusLabel, elapsedLabel, applyText
+        self.running = False
+        self._start = 0.0
+        self.timer = qt.QTimer()
+        self.timer.setInterval(500)
+        self.timer.connect("timeout()", self._tick)
+        progressBar.setRange(0, 1000)
+        progressBar.hide()
+
+    def start(self, status: str = "Starting...") -> None:
+        self.running, self._start = True, time.perf_counter()
+        self.applyButton.text = "Cancel"
+        self.applyButton.toolTip = "Stop the run; the scene is left as it was"
+        self.progressBar.value = 0
+        self.progressBar.show()
+        self.statusLabel.text = status
+        self._tick()
+        self.timer.start()
+
+    def progress(self, fraction: float, stage: str) -> None:
+        self.progressBar.value = int(1000 * fraction)
+        self.statusLabel.text = stage.capitalize() + "..." if stage and stage != "done" else "Finishing..."
+
+    def finish(self, message: str) -> None:
+        self.running = False
+        self.timer.stop()
+        self._tick()
+        self.applyButton.text = self.applyText
+        self.progressBar.hide()
+        self.statusLabel.text = message
+
+    def _tick(self) -> None:
+        self.elapsedLabel.text = panel.format_elapsed(time.perf_counter() - self._start) if self._start else ""

@@ -1,0 +1,156 @@
+"""What the module panels show, computed without Qt: model and device choices, input names, hints, timings.
+
+The widgets in ``MedAILib`` only put these strings and lists into Qt controls, so all of it is
+tested headless.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..models import catalog
+from ..models.card import read_card
+from ..models.loader import CARD_NAMES, ModelLoadError, _card_beside
+
+IMPORT_FILTER = "MONAI models (*.zip *.json *.ts *.pt *.pth);;All files (*)"
+TIMING_ORDER = (("load", "load"), ("preprocess", "preprocess"), ("inference", "inference"),
+                ("postprocess", "post-process"), ("scene", "scene"))
+GIB = 1024**3
+
+
+@dataclass
+class ModelChoice:
+    """One entry of the model selector: what the user sees and what ``load_model`` gets."""
+
+    title: str
+    spec: str
+    tooltip: str = ""
+    sample: str | None = None
+
+
+def model_choices(task: str = "segmentation", imported: list[str] | None = None) -> list[ModelChoice]:
+    """Catalog models for ``task`` (segmentation includes multilabel), then the user's imported models."""
+    tasks = ("segmentation", "multilabel") if task == "segmentation" else (task,)
+    choices = [ModelChoice(e.title, e.name, f"{e.description}\nModality: {e.modality}\nLicence: {e.license}", e.sample)
+               for e in catalog.list_models() if e.task in tasks]
+    for path in imported or []:
+        choices.append(ModelChoice(f"{Path(path).name} (imported)", str(path), str(path)))
+    return choices
+
+
+def check_import(path: str | Path) -> str:
+    """The path as a model spec, or an error that says which kinds can be imported."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"{p}: no such file or folder; choose a MONAI Bundle folder or .zip, a model card .json "
+                             "or a TorchScript file with its card beside it")
+    if p.is_dir():
+        if not ((p / "configs" / "metadata.json").exists() or any((p / n).exists() for n in CARD_NAMES)):
+            raise ModelLoadError(f"{p}: the folder holds neither a MONAI Bundle (configs/metadata.json) nor a model card "
+                                 f"({', '.join(CARD_NAMES)})")
+    elif p.suffix.lower() == ".zip":
+        if not zipfile.is_zipfile(p):
+            raise ModelLoadError(f"{p}: not a valid zip file; export the MONAI Bundle again")
+    elif p.suffix.lower() != ".json" and not _card_beside(p):
+        raise ModelLoadError(f"{p}: a TorchScript or checkpoint file needs a model card beside it "
+                             f"({p.with_suffix('.json').name} or {CARD_NAMES[0]})")
+    return str(p.resolve())
+
+
+def _card_path(spec: str) -> Path | None:
+    entry = catalog.find_model(spec)
+    if entry is not None:
+        return catalog.catalog_path().parent / entry.card if entry.card else None
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        return next((p / n for n in CARD_NAMES if (p / n).exists()), None)
+    if p.suffix.lower() == ".json":
+        return p
+    return _card_beside(p) if p.exists() else None
+
+
+def model_inputs(spec: str) -> list[str]:
+    """Names of the model's inputs (one volume selector each), read from its card or bundle metadata."""
+    card = _card_path(spec)
+    if card is not None and card.exists():
+        parsed = read_card(card)
+        return [str(i.get("name") or f"input {n + 1}") for n, i in enumerate(parsed.inputs)] or ["input"]
+    meta = Path(spec).expanduser() / "configs" / "metadata.json"
+    if meta.exists():
+        image = json.loads(meta.read_text()).get("network_data_format", {}).get("inputs", {}).get("image", {})
+        channels = int(image.get("num_channels", 1) or 1)
+        return ["image"] if channels == 1 else [f"channel {c}" for c in range(channels)]
+    return ["input"]
+
+
+def estimated_gpu_bytes(spec: str) -> int | None:
+    """A rough upper bound of GPU memory one inference window needs (None when the card is unknown)."""
+    card = _card_path(spec)
+    if card is None or not card.exists():
+        return None
+    parsed = read_card(card)
+    voxels = max((int(a) * int(b) * int(c) for s in parsed.stages if s.roi_size for a, b, c in [s.roi_size[:3]]),
+                 default=128**3)
+    return voxels * 4 * 64 + GIB // 2  # activations of a typical 3D U-Net, plus CUDA context
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """(label, device) pairs: auto, cpu, then every CUDA GPU with its name and memory."""
+    import torch
+
+    choices = [("auto (GPU if available)", "auto"), ("CPU", "cpu")]
+    if torch.cuda.is_available():
+        for n in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(n)
+            choices.append((f"cuda:{n} {props.name} ({props.total_memory / GIB:.0f} GiB)", f"cuda:{n}"))
+    return choices
+
+
+def device_hint(spec: str | None = None, gpu_bytes: int | None = None) -> str:
+    """A hint when no GPU is found or its memory is below what the model needs; empty when all is well."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "No CUDA GPU found: the model runs on the CPU, which can take minutes for a large volume."
+    free = gpu_bytes if gpu_bytes is not None else torch.cuda.mem_get_info()[0]
+    needed = estimated_gpu_bytes(spec) if spec else None
+    if needed is not None and free < needed:
+        return (f"The GPU has {free / GIB:.1f} GiB free but this model needs about {needed / GIB:.1f} GiB; "
+                "close other GPU programs or choose the CPU device.")
+    return ""
+
+
+def format_timings(timings: dict[str, float], device: str, elapsed: float | None = None) -> str:
+    """``Device cpu | load 0.1 s | preprocess ... | total 2.3 s`` with stages summed over cascade steps."""
+    parts = [f"Device {device}"] if device else []
+    for key, label in TIMING_ORDER:
+        total = sum(v for k, v in timings.items() if k == key or k.startswith(key + " ("))
+        if total or key in timings:
+            parts.append(f"{label} {total:.2f} s")
+    if elapsed is not None:
+        parts.append(f"total {elapsed:.2f} s")
+    return " | ".join(parts)
+
+
+def format_elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def load_sample_volume(name: str, scene=None):
+    """Fetch a catalog sample (cached) and add its image to the scene as a volume node."""
+    import slicer
+
+    from ..io import read_image
+    from .scene import volume_node_from_volume
+
+    entry = catalog.find_sample(name)
+    if entry is None:
+        raise KeyError(f"sample {name!r} is not in the catalog; known: {', '.join(s.name for s in catalog.list_samples())}")
+    files = catalog.fetch_sample(name)
+    path = files[entry.image] if entry.image else next(iter(files.values()))
+    volume = read_image(path)
+    return volume_node_from_volume(scene or slicer.mrmlScene, volume, name=entry.name)
