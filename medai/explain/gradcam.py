@@ -56,7 +56,8 @@ def gradcam(net: torch.nn.Module, x: torch.Tensor, class_index: int, layer: str 
     if layer not in names:
         raise ExplainUnavailable(f"layer {layer!r} named for explanation is not in the network; some layers: {', '.join(list(names)[-5:])}")
     cam_cls = GradCAMpp if plus else GradCAM
-    cam = cam_cls(nn_module=net, target_layers=layer)
+    # MONAI's default postprocessing maps the peak to 0 (ScaleIntensity(minv=1, maxv=0)); keep raw values, scale here
+    cam = cam_cls(nn_module=net, target_layers=layer, postprocessing=lambda t: t)
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         heat = cam(x=x, class_idx=int(class_index))
