@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import slicer
 import vtk
+from vtk.util import numpy_support
 
 from ..engine.classify import ClassificationResult
 from ..engine.classify import classify as run_classification
 from ..engine.progress import CancelToken, ProgressCallback
-from ..geometry import GeometryError, Volume
+from ..geometry import GeometryError, Volume, same_grid
 from ..models.loader import LoadedModel, load_model
+from ..resample import resample_volume_to
 from . import classify_nodes as nodes
 from . import scene as bridge
 
@@ -64,6 +66,26 @@ def _segment_ids(seg_node, segment_id: str | None) -> list[str]:
     return ids
 
 
+def _segment_volume(seg_node, segment_id: str) -> Volume | None:
+    """A segment's own binary labelmap (its extent and geometry) as a volume, or None when it is empty; adds no node."""
+    image = slicer.vtkOrientedImageData()
+    seg_node.GetBinaryLabelmapRepresentation(segment_id, image)
+    extent = image.GetExtent()
+    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4] or image.GetPointData().GetScalars() is None:
+        return None
+    dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
+    array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+    if not array.any():
+        return None
+    to_world = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(to_world)
+    affine = bridge._matrix_to_numpy(to_world)
+    affine[:3, 3] += affine[:3, :3] @ np.array([extent[0], extent[2], extent[4]], dtype=np.float64)
+    segment = seg_node.GetSegmentation().GetSegment(segment_id)
+    return Volume((array == segment.GetLabelValue()).astype(np.uint8) if array.max() > 1 else (array > 0).astype(np.uint8),
+                  affine, segment.GetName())
+
+
 def region_volume(region, reference_node) -> Volume:
     """A region (segmentation node, ``(segmentation node, segment ID or name)``, markups ROI or labelmap node) as a mask on the reference grid."""
     ref = bridge.volume_from_node(reference_node)
@@ -75,19 +97,19 @@ def region_volume(region, reference_node) -> Volume:
     if seg_node.IsA("vtkMRMLSegmentationNode"):
         ids = _segment_ids(seg_node, segment_id)
         name = seg_node.GetSegmentation().GetSegment(ids[0]).GetName() if len(ids) == 1 else seg_node.GetName()
+        mask = np.zeros(ref.array.shape[:3], dtype=bool)
         for sid in ids:
-            own = slicer.util.arrayFromSegmentBinaryLabelmap(seg_node, sid)
-            if own is None or not np.any(own):
+            own = _segment_volume(seg_node, sid)
+            if own is None:
                 raise GeometryError(f"segment {seg_node.GetSegmentation().GetSegment(sid).GetName()!r} of {seg_node.GetName()} is empty; paint it before classifying that region")
-        mask = np.zeros(ref.array.shape[:3], dtype=np.uint8)
-        for sid in ids:
-            mask |= (bridge.segment_array(seg_node, sid, reference_node) > 0).astype(np.uint8)
+            on_ref = own.array if same_grid(own, ref) else resample_volume_to(own, ref, linear=False).array
+            mask |= on_ref > 0
         if not mask.any():
             raise GeometryError(f"region {name} lies outside volume {reference_node.GetName()}; choose a region that overlaps the image")
+        mask = mask.astype(np.uint8)
         return Volume(mask, ref_affine, name, {"kind": "segment"})
     if seg_node.IsA("vtkMRMLMarkupsROINode"):
-        to_world = vtk.vtkMatrix4x4()
-        seg_node.GetObjectToWorldMatrix(to_world)
+        to_world = seg_node.GetObjectToWorldMatrix()
         world_to_obj = np.linalg.inv(bridge._matrix_to_numpy(to_world))
         size = np.array(seg_node.GetSize())
         if not np.all(size > 0):
