@@ -70,10 +70,10 @@ def occlusion(net: torch.nn.Module, x: torch.Tensor, class_index: int, activate:
     from monai.visualize import OcclusionSensitivity
 
     spatial = x.shape[2:]
-    size = mask_size or max(2, min(spatial) // 8)
+    size = mask_size or max(2, min(spatial) // 4)
     if getattr(net, "is_onnx", False) and isinstance(net.input_shape[0], int):
         n_batch = 1  # fixed batch dimension in the graph
-    occ = OcclusionSensitivity(nn_module=net, mask_size=size, n_batch=n_batch, verbose=False, activate=activate)
+    occ = OcclusionSensitivity(nn_module=net, mask_size=size, n_batch=n_batch, verbose=False, activate=activate, overlap=0.25)
     with torch.no_grad():
         base = activate(net(x).float())[0, class_index]
         sens, _ = occ(x)
