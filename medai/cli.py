@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ["segment", "models", "demo"]
+COMMANDS = ["segment", "classify", "models", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

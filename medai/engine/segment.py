@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..geometry import GeometryError, Volume, check_voxels, reorient_to_ras, same_grid, to_ijk_array
+from ..geometry import GeometryError, Volume, reorient_to_ras
 from ..models.card import ModelCard, Stage
 from ..models.loader import LoadedModel
-from ..resample import grid_with_spacing, resample_channels, resample_volume_to
+from ..resample import grid_with_spacing, resample_channels
 from ..results import Label, SegmentationResult
+from .common import activation as _activation
+from .common import autocast as _autocast
+from .common import stack_inputs
 from .intensity import apply_intensity
 from .postprocess import bounding_box, largest_component, postprocess_labelmap
 from .progress import CancelToken, Progress, ProgressCallback
@@ -32,31 +34,6 @@ log = logging.getLogger(__name__)
 GPU_STITCH_LIMIT = 2**28
 
 
-def stack_inputs(volumes: list[Volume], expected_channels: int, model_name: str) -> torch.Tensor:
-    """Channel-first ``(C, I, J, K)`` float32 tensor; later volumes are resampled onto the first one's grid."""
-    if not volumes:
-        raise GeometryError("no input volume given; select at least one volume")
-    for v in volumes:
-        check_voxels(v)
-    ref = volumes[0]
-    channels = []
-    for v in volumes:
-        if v is not ref and not same_grid(v, ref):
-            log.info("resampling %s onto the grid of %s", v.name, ref.name)
-            v = resample_volume_to(v, ref)
-        view = torch.from_numpy(to_ijk_array(v))
-        channels.append(view)
-    total = sum(c.shape[0] for c in channels)
-    if total != expected_channels:
-        raise GeometryError(
-            f"model {model_name} expects {expected_channels} input channel(s), got {total} "
-            f"from {len(volumes)} volume(s) ({', '.join(v.name for v in volumes)}); select matching inputs"
-        )
-    if len(channels) == 1:
-        return channels[0].to(torch.float32)  # copies only if the volume is not float32 already
-    return torch.cat([c.to(torch.float32) for c in channels], dim=0)
-
-
 def require_3d(volumes: list[Volume], model_name: str) -> None:
     """A 3D network cannot segment a single slice: say so instead of padding it into nonsense."""
     for v in volumes:
@@ -65,18 +42,6 @@ def require_3d(volumes: list[Volume], model_name: str) -> None:
                 f"model {model_name} needs a 3D volume, but {v.name} has a single slice (dimensions {v.shape_ijk}); "
                 "load the whole series, or use a 2D model"
             )
-
-
-def _activation(x: torch.Tensor, name: str) -> torch.Tensor:
-    if name == "softmax":
-        return torch.softmax(x, dim=1)
-    if name == "sigmoid":
-        return torch.sigmoid(x)
-    return x
-
-
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
 
 
 def _count_windows(shape: tuple[int, ...], roi: list[int], overlap: float, batch: int) -> int:

@@ -1,4 +1,4 @@
-"""One loader for every model format: catalog name, MONAI Bundle (folder or zip), model card, TorchScript.
+"""One loader for every model format: catalog name, MONAI Bundle (folder or zip), model card, TorchScript, ONNX.
 
 Security: weights are read with ``torch.load(weights_only=True)`` (no pickled code runs) or
 ``torch.jit.load``, and checked against the sha256 a card gives. But a MONAI Bundle config and
@@ -52,9 +52,10 @@ class LoadedModel:
     card: ModelCard
     networks: list[torch.nn.Module]
     device: torch.device
-    kind: str  # "card", "torchscript" or "bundle"
+    kind: str  # "card", "torchscript", "onnx" or "bundle"
     source: Path
     bundle: BundleParts | None = None
+    notes: list[str] = field(default_factory=list)  # what the loader had to adapt (partial weights, CPU fallback)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -149,7 +150,7 @@ def build_network(config: dict, where: str) -> torch.nn.Module:
     return net
 
 
-def _stage_network(card: ModelCard, index: int) -> torch.nn.Module:
+def _stage_network(card: ModelCard, index: int, notes: list[str] | None = None) -> torch.nn.Module:
     stage = card.stages[index]
     weights = card.weights_path(stage)
     where = f"model {card.name}, stage {stage.name}"
@@ -160,11 +161,48 @@ def _stage_network(card: ModelCard, index: int) -> torch.nn.Module:
     net = build_network(stage.network, where)
     if weights is not None:
         state = load_state_dict(weights, stage.sha256)
+        strict = bool(card.raw.get("strict_weights", True))
+        note = load_weights(net, state, strict, str(weights))
+        if note and notes is not None:
+            notes.append(note)
+    return net
+
+
+def load_weights(net: torch.nn.Module, state: dict, strict: bool, where: str) -> str | None:
+    """Load ``state`` into ``net``; returns a note on what a partial load skipped.
+
+    ``strict`` (the default, card field ``"strict_weights": true``): every key must match.
+    Partial (``"strict_weights": false``, e.g. MedicalNet 3D ResNet checkpoints, whose
+    ``conv_seg`` head is unused and whose classifier ``fc`` is absent): tensors whose name and
+    shape match are loaded, the rest is listed; refused when nothing matches.
+    """
+    if strict:
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:
-            raise ModelLoadError(f"{weights}: weights do not fit the card's network ({str(exc).splitlines()[0][:300]})") from exc
-    return net
+            raise ModelLoadError(
+                f"{where}: weights do not fit the card's network ({str(exc).splitlines()[0][:300]}); "
+                "if the checkpoint is a backbone without this network's head, set \"strict_weights\": false in the card"
+            ) from exc
+        return None
+    own = net.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if not matched:
+        raise ModelLoadError(f"{where}: no tensor of the checkpoint matches the network by name and shape; check the card's network")
+    net.load_state_dict(matched, strict=False)
+    missing = sorted(k for k in own if k not in matched)
+    skipped = sorted(k for k in state if k not in matched)
+    note = (f"{Path(where).name}: partial load, {len(matched)}/{len(own)} network tensors from the checkpoint; "
+            f"left initialised: {_summarise(missing)}; ignored from the checkpoint: {_summarise(skipped)}")
+    log.warning(note)
+    return note
+
+
+def _summarise(keys: list[str], n: int = 4) -> str:
+    if not keys:
+        return "none"
+    heads = sorted({k.rsplit(".", 1)[0] for k in keys})
+    return ", ".join(heads[:n]) + (f" (+{len(heads) - n} more)" if len(heads) > n else "")
 
 
 # --- bundles --------------------------------------------------------------------------------
@@ -264,12 +302,17 @@ def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     meta = json.loads(meta_path.read_text())
     where = f"bundle {folder.name}"
     # the image arrives in memory and the result goes to the scene: no file I/O transforms
-    _strip(parser, "preprocessing", ("LoadImaged", "LoadImage"))
+    # (classification inputs also arrive channel-first already, and scores go to tables, not files)
+    classification = _bundle_task(meta) == "classification"
+    _strip(parser, "preprocessing", ("LoadImaged", "LoadImage") + (("EnsureChannelFirstd", "EnsureChannelFirst") if classification else ()))
     if "postprocessing" in parser:
-        _strip(parser, "postprocessing", ("SaveImaged", "SaveImage"))
+        _strip(parser, "postprocessing", ("SaveImaged", "SaveImage", "SaveClassificationd", "SaveClassification"))
     try:
         ts_path, pt_path = folder / "models" / "model.ts", folder / "models" / "model.pt"
         if pt_path.exists():
+            net_def = parser.get("network_def")
+            if isinstance(net_def, dict) and net_def.get("pretrained"):
+                parser["network_def"]["pretrained"] = False  # models/model.pt replaces them; nothing is downloaded
             network = parse_network_def(parser)
             state = load_state_dict(pt_path)
             try:
@@ -362,10 +405,28 @@ def _load_uncached(path: Path, device: torch.device) -> LoadedModel:
         raw.setdefault("weights", path.name)
         card = parse_card(raw, path.parent, where=str(beside))
         kind = "torchscript"
+    elif path.suffix.lower() == ".onnx":
+        from .onnx_model import OnnxNetwork
+
+        beside = _card_beside(path)
+        if beside is None:
+            raise ModelLoadError(f"{path}: an ONNX model needs a model card beside it ({path.with_suffix('.json').name}) naming its task, classes and preprocessing")
+        raw = json.loads(beside.read_text())
+        raw["weights"] = path.name
+        raw.pop("network", None)
+        card = parse_card(raw, path.parent, where=str(beside))
+        try:
+            net = OnnxNetwork(path, device)
+        except ImportError as exc:
+            raise ModelLoadError(f"{path}: ONNX models need onnxruntime (pip install onnxruntime)") from exc
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: onnxruntime cannot load this model ({str(exc).splitlines()[0][:300]})") from exc
+        return LoadedModel(card, [net], device, "onnx", path, notes=[net.note] if net.note else [])
     else:
-        raise ModelLoadError(f"{path}: unknown model format; give a bundle folder or .zip, a .json model card, or a TorchScript file")
-    networks = [_stage_network(card, i).to(device).eval() for i in range(len(card.stages))]
-    return LoadedModel(card, networks, device, kind, path)
+        raise ModelLoadError(f"{path}: unknown model format; give a bundle folder or .zip, a .json model card, a TorchScript file or an .onnx file with a card")
+    notes: list[str] = []
+    networks = [_stage_network(card, i, notes).to(device).eval() for i in range(len(card.stages))]
+    return LoadedModel(card, networks, device, kind, path, notes=notes)
 
 
 _CACHE: dict[tuple, LoadedModel] = {}
@@ -376,7 +437,7 @@ def load_model(spec: str | Path, device: str | torch.device = "auto", progress: 
     """Load (or return the cached) model named by ``spec`` on ``device``.
 
     ``spec`` is a catalog name, a MONAI Bundle folder or zip, a JSON model card, or a
-    TorchScript file with a card beside it. A model stays cached until its file changes.
+    TorchScript or ONNX file with a card beside it. A model stays cached until its file changes.
     """
     dev = resolve_device(device)
     path = resolve_model_path(spec, progress)

@@ -1,0 +1,52 @@
+"""Helpers shared by the segmentation and classification engines: input stacking, activations, autocast."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+
+import torch
+
+from ..geometry import GeometryError, Volume, check_voxels, same_grid, to_ijk_array
+from ..resample import resample_volume_to
+
+log = logging.getLogger(__name__)
+
+
+def stack_inputs(volumes: list[Volume], expected_channels: int, model_name: str) -> torch.Tensor:
+    """Channel-first ``(C, I, J, K)`` float32 tensor; later volumes are resampled onto the first one's grid."""
+    if not volumes:
+        raise GeometryError("no input volume given; select at least one volume")
+    for v in volumes:
+        check_voxels(v)
+    ref = volumes[0]
+    channels = []
+    for v in volumes:
+        if v is not ref and not same_grid(v, ref):
+            log.info("resampling %s onto the grid of %s", v.name, ref.name)
+            v = resample_volume_to(v, ref)
+        view = torch.from_numpy(to_ijk_array(v))
+        channels.append(view)
+    total = sum(c.shape[0] for c in channels)
+    if total != expected_channels:
+        raise GeometryError(
+            f"model {model_name} expects {expected_channels} input channel(s), got {total} "
+            f"from {len(volumes)} volume(s) ({', '.join(v.name for v in volumes)}); select matching inputs"
+        )
+    if len(channels) == 1:
+        return channels[0].to(torch.float32)  # copies only if the volume is not float32 already
+    return torch.cat([c.to(torch.float32) for c in channels], dim=0)
+
+
+def activation(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Apply a card's output activation (``softmax`` over dim 1, ``sigmoid``, or ``none``)."""
+    if name == "softmax":
+        return torch.softmax(x, dim=1)
+    if name == "sigmoid":
+        return torch.sigmoid(x)
+    return x
+
+
+def autocast(device: torch.device):
+    """float16 autocast on CUDA, nothing on the CPU."""
+    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()

@@ -1,0 +1,1 @@
+"""Explanations of classification outputs: Grad-CAM / Grad-CAM++ / occlusion heatmaps and their hot spots."""

@@ -1,0 +1,91 @@
+"""Class-activation heatmaps with ``monai.visualize``: Grad-CAM, Grad-CAM++ and (slow) occlusion sensitivity.
+
+Every method returns a heatmap on the network input's spatial grid, scaled to [0, 1]
+(1 = most evidence for the explained class).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+METHODS = ("gradcam", "gradcam++", "occlusion")
+METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "occlusion": "occlusion sensitivity (slow)"}
+_CONV = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+class ExplainUnavailable(RuntimeError):
+    """This model cannot be explained with the chosen method; the message says what can be done instead."""
+
+
+def find_target_layer(net: torch.nn.Module) -> str:
+    """Name of the last convolution layer of ``net`` (registration order), the default layer to explain."""
+    if isinstance(net, torch.jit.ScriptModule) or getattr(net, "is_onnx", False):
+        raise ExplainUnavailable("Grad-CAM needs a PyTorch network whose layers can be hooked; TorchScript and ONNX models have none")
+    name = None
+    for n, module in net.named_modules():
+        if isinstance(module, _CONV):
+            name = n
+    if name is None:
+        raise ExplainUnavailable("the network has no convolution layer to explain; name one in the card (\"explain\": {\"layer\": ...})")
+    return name
+
+
+def _normalise(heat: np.ndarray) -> np.ndarray:
+    heat = np.nan_to_num(np.asarray(heat, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    heat = np.clip(heat, 0.0, None)
+    peak = float(heat.max(initial=0.0))
+    return heat / peak if peak > 0 else heat
+
+
+def gradcam(net: torch.nn.Module, x: torch.Tensor, class_index: int, layer: str | None = None, plus: bool = False) -> np.ndarray:
+    """Grad-CAM (or Grad-CAM++) of ``class_index`` for one input ``x`` ``(1, C, *S)``; returns ``S`` in [0, 1]."""
+    from monai.visualize import GradCAM, GradCAMpp
+
+    if isinstance(net, torch.jit.ScriptModule) or getattr(net, "is_onnx", False):
+        kind = "ONNX" if getattr(net, "is_onnx", False) else "TorchScript"
+        raise ExplainUnavailable(f"Grad-CAM is unavailable for {kind} models (no gradients through hooked layers); use method 'occlusion' (slow) instead")
+    layer = layer or find_target_layer(net)
+    names = dict(net.named_modules())
+    if layer not in names:
+        raise ExplainUnavailable(f"layer {layer!r} named for explanation is not in the network; some layers: {', '.join(list(names)[-5:])}")
+    cam_cls = GradCAMpp if plus else GradCAM
+    # MONAI's default postprocessing maps the peak to 0 (ScaleIntensity(minv=1, maxv=0)); keep raw values, scale here
+    cam = cam_cls(nn_module=net, target_layers=layer, postprocessing=lambda t: t)
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        heat = cam(x=x, class_idx=int(class_index))
+    return _normalise(heat[0, 0].detach().float().cpu().numpy())
+
+
+def occlusion(net: torch.nn.Module, x: torch.Tensor, class_index: int, activate: Callable[[torch.Tensor], torch.Tensor],
+              mask_size: int | None = None, n_batch: int = 8) -> np.ndarray:
+    """Occlusion sensitivity: how much the class score drops when each neighbourhood is blurred away. Slow."""
+    from monai.visualize import OcclusionSensitivity
+
+    spatial = x.shape[2:]
+    size = mask_size or max(2, min(spatial) // 4)
+    if getattr(net, "is_onnx", False) and isinstance(net.input_shape[0], int):
+        n_batch = 1  # fixed batch dimension in the graph
+    occ = OcclusionSensitivity(nn_module=net, mask_size=size, n_batch=n_batch, verbose=False, activate=activate, overlap=0.25)
+    with torch.no_grad():
+        base = activate(net(x).float())[0, class_index]
+        sens, _ = occ(x)
+    heat = base - sens[0, class_index].float()
+    return _normalise(heat.detach().cpu().numpy())
+
+
+def explain(net: torch.nn.Module, x: torch.Tensor, class_index: int, method: str, activate: Callable[[torch.Tensor], torch.Tensor],
+            layer: str | None = None) -> np.ndarray:
+    """Dispatch to the chosen method; ``x`` is the exact network input ``(1, C, *S)``."""
+    if method not in METHODS:
+        raise ValueError(f"explanation method {method!r} unknown; use one of {', '.join(METHODS)}")
+    if method == "occlusion":
+        return occlusion(net, x, class_index, activate)
+    return gradcam(net, x, class_index, layer, plus=method == "gradcam++")
