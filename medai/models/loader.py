@@ -89,14 +89,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 # --- weights --------------------------------------------------------------------------------
 
 
-def load_state_dict(path: Path, sha256: str | None = None) -> dict:
-    """Read a checkpoint safely (``weights_only=True``) and unwrap common containers."""
+def _require_file(path: Path, sha256: str | None, what: str) -> None:
+    """The file must exist and, when the card gives a sha256, match it."""
     if not path.exists():
-        raise ModelLoadError(f"weights file not found: {path}")
+        raise ModelLoadError(f"{what} not found: {path}")
     try:
-        check_sha256(path, sha256, "weights")
+        check_sha256(path, sha256, what)
     except FetchError as exc:
         raise ModelLoadError(str(exc)) from exc
+
+
+def load_state_dict(path: Path, sha256: str | None = None) -> dict:
+    """Read a checkpoint safely (``weights_only=True``) and unwrap common containers."""
+    _require_file(path, sha256, "weights file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError for corrupt zips, EOFError...
@@ -115,12 +120,7 @@ def load_state_dict(path: Path, sha256: str | None = None) -> dict:
 
 
 def load_torchscript(path: Path, sha256: str | None = None) -> torch.nn.Module:
-    if not path.exists():
-        raise ModelLoadError(f"TorchScript file not found: {path}")
-    try:
-        check_sha256(path, sha256, "TorchScript model")
-    except FetchError as exc:
-        raise ModelLoadError(str(exc)) from exc
+    _require_file(path, sha256, "TorchScript file")
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
