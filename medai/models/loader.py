@@ -415,6 +415,7 @@ def _load_uncached(path: Path, device: torch.device) -> LoadedModel:
         raw["weights"] = path.name
         raw.pop("network", None)
         card = parse_card(raw, path.parent, where=str(beside))
+        _require_file(path, card.stages[-1].sha256, "ONNX model")
         try:
             net = OnnxNetwork(path, device)
         except ImportError as exc:
