@@ -239,20 +239,11 @@ class MedAISegmentLogic(ScriptedLoadableModuleLogic):
         (``job.cancel()``, ``job.state``, ``job.node``); ``progressCallback(fraction, stage)`` and
         ``completedCallback(job)`` are called on the main thread. Failure or cancel leaves the scene unchanged.
         """
-        def completed(job):
-            self.pump.stop()
-            if completedCallback is not None:
-                completedCallback(job)
+        from MedAILib.widgets import runJob
 
-        if waitForCompletion:
-            return self.runner.segment(inputVolumes, model, outputSegmentation, device, True,
-                                       progressCallback, completedCallback, poll=slicer.app.processEvents)
-        self.pump.start()
-        try:
-            return self.runner.segment(inputVolumes, model, outputSegmentation, device, False, progressCallback, completed)
-        except Exception:
-            self.pump.stop()
-            raise
+        return runJob(self.pump, lambda wait, completed: self.runner.segment(
+            inputVolumes, model, outputSegmentation, device, wait, progressCallback, completed,
+            poll=slicer.app.processEvents), waitForCompletion, completedCallback)
 
 
 class MedAISegmentTest(ScriptedLoadableModuleTest):
