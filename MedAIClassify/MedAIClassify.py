@@ -105,9 +105,10 @@ class MedAIClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                             self.ui.inputVolume2Label, self.ui.inputVolume3Label]
         for title, method in panel.EXPLAIN_METHODS:
             self.ui.methodComboBox.addItem(title, method)
+        self.run = RunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel, self.ui.elapsedLabel)
+        # the model selector calls onModelChanged -> _checkCanApply at once: self.run must exist before it
         self.models = ModelSelector(self.ui.modelComboBox, self.ui.importModelButton, "classification", self.onModelChanged)
         self.devices = DeviceSelector(self.ui.deviceComboBox)
-        self.run = RunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel, self.ui.elapsedLabel)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)

@@ -85,9 +85,10 @@ class MedAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                self.ui.inputVolume2Selector, self.ui.inputVolume3Selector]
         self.inputLabels = [self.ui.inputVolume0Label, self.ui.inputVolume1Label,
                             self.ui.inputVolume2Label, self.ui.inputVolume3Label]
+        self.run = RunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel, self.ui.elapsedLabel)
+        # the model selector calls onModelChanged -> _checkCanApply at once: self.run must exist before it
         self.models = ModelSelector(self.ui.modelComboBox, self.ui.importModelButton, "segmentation", self.onModelChanged)
         self.devices = DeviceSelector(self.ui.deviceComboBox)
-        self.run = RunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel, self.ui.elapsedLabel)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
