@@ -1,13 +1,21 @@
-"""MedAIClassify: class scores and an explanation heatmap for a volume (panel SKELETON).
+"""MedAIClassify: class scores, a scores chart and an explanation heatmap for volumes in the scene.
 
-Wiring only. The classification core and ``medai.slicer.classify_logic.ClassifyLogic`` come from
-the classification work; until they are merged, Apply reports that they are missing. The
-logic call runs on the main thread (``ClassifyLogic.classify`` creates nodes) with progress
-pumped through ``slicer.app.processEvents``; move it onto ``medai.slicer.jobs`` once
-``ClassifyLogic`` has a compute/apply split like ``SegmentLogic``.
+Thin module: the widget wires ``.ui`` controls to :mod:`MedAILib` helpers and the logic delegates
+to :class:`medai.slicer.jobs.ClassifyRunner` (volumes read on the main thread, the model run on a
+worker thread, the output nodes created on the main thread). Console use::
+
+    logic = slicer.util.getModuleLogic("MedAIClassify")
+    out = logic.classify([volumeNode], "/models/my-classifier/medai.json")   # waits, returns the output nodes
+    out.table_node, out.chart_node, out.heatmap_node, out.findings_table_node, out.markups_node
+    job = logic.classify([volumeNode], model, waitForCompletion=False,
+                         progressCallback=print, completedCallback=lambda job: print(job.state, job.output))
 """
 
 from __future__ import annotations
+
+import os
+import tempfile
+from typing import Union
 
 import slicer
 import vtk
@@ -19,7 +27,15 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode
+from slicer import (
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
+
+MAX_INPUTS = 4
+ALL_SEGMENTS = "(all segments)"
 
 
 class MedAIClassify(ScriptedLoadableModule):
@@ -29,17 +45,38 @@ class MedAIClassify(ScriptedLoadableModule):
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
         self.parent.contributors = ["MedAI developers"]
-        self.parent.helpText = "Classify a volume with a MONAI model; class scores, chart and explanation heatmap."
+        self.parent.helpText = (
+            "Classify volumes with MONAI models: class scores (table and chart), an explanation heatmap "
+            "(Grad-CAM, Grad-CAM++ or occlusion) and its hot spots. See docs/slicer.md in the MedAI repository.")
         self.parent.acknowledgementText = "Uses MONAI (monai.io) and PyTorch."
 
 
 @parameterNodeWrapper
 class MedAIClassifyParameterNode:
+    """inputVolume0..3: one per model input; region: optional segmentation or ROI (regionSegment: a segment ID,
+    empty for all segments); targetClass: a class name, empty for the predicted class; resultTable: the last scores."""
+
     inputVolume0: vtkMRMLScalarVolumeNode
-    region: vtkMRMLMarkupsROINode
+    inputVolume1: vtkMRMLScalarVolumeNode
+    inputVolume2: vtkMRMLScalarVolumeNode
+    inputVolume3: vtkMRMLScalarVolumeNode
+    region: Union[vtkMRMLSegmentationNode, vtkMRMLMarkupsROINode]
+    regionSegment: str = ""
     explain: bool = True
+    method: str = "gradcam"
+    targetClass: str = ""
     modelSpec: str = ""
     device: str = "auto"
+    resultTable: vtkMRMLTableNode
+
+
+def showChart(chartNode) -> None:
+    """Show ``chartNode`` in a plot view of the layout; does nothing without a GUI or a Plots module."""
+    if chartNode is None or not hasattr(slicer.app, "layoutManager") or slicer.app.layoutManager() is None:
+        return
+    plots = getattr(slicer.modules, "plots", None)
+    if plots is not None:
+        plots.logic().ShowChartInLayout(chartNode)
 
 
 class MedAIClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -49,6 +86,7 @@ class MedAIClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._lastChart = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -58,14 +96,30 @@ class MedAIClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedAIClassifyLogic()
 
+        from medai.slicer import panel
         from MedAILib.widgets import DeviceSelector, ModelSelector, RunControls
 
+        self.inputSelectors = [self.ui.inputVolume0Selector, self.ui.inputVolume1Selector,
+                               self.ui.inputVolume2Selector, self.ui.inputVolume3Selector]
+        self.inputLabels = [self.ui.inputVolume0Label, self.ui.inputVolume1Label,
+                            self.ui.inputVolume2Label, self.ui.inputVolume3Label]
+        for title, method in panel.EXPLAIN_METHODS:
+            self.ui.methodComboBox.addItem(title, method)
+        self.run = RunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel, self.ui.elapsedLabel)
+        # the model selector calls onModelChanged -> _checkCanApply at once: self.run must exist before it
         self.models = ModelSelector(self.ui.modelComboBox, self.ui.importModelButton, "classification", self.onModelChanged)
         self.devices = DeviceSelector(self.ui.deviceComboBox)
-        self.run = RunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel, self.ui.elapsedLabel)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, lambda *a: self.initializeParameterNode())
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.showChartButton.connect("clicked(bool)", lambda: showChart(self._lastChart))
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
+        self.ui.targetClassComboBox.connect("currentIndexChanged(int)", self.onTargetClassChanged)
+        self.ui.regionSegmentComboBox.connect("currentIndexChanged(int)", self.onRegionSegmentChanged)
+        self.ui.regionSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRegionChanged)
+        self.ui.explainCheckBox.connect("toggled(bool)", self._updateExplainControls)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -74,23 +128,65 @@ class MedAIClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self) -> None:
         self.initializeParameterNode()
 
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
     def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume0:
+            self._parameterNode.inputVolume0 = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = self.logic.getParameterNode()
-        if not self._parameterNode.inputVolume0:
-            self._parameterNode.inputVolume0 = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-        self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self.models.setCurrentSpec(self._parameterNode.modelSpec or None)
-        self.devices.setCurrentDevice(self._parameterNode.device)
-        self._checkCanApply()
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.models.setCurrentSpec(self._parameterNode.modelSpec or None)
+            self.devices.setCurrentDevice(self._parameterNode.device)
+            self._selectData(self.ui.methodComboBox, self._parameterNode.method)
+            self.onRegionChanged(self._parameterNode.region)
+            self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultTable)
+            self._checkCanApply()
+
+    # -- model, inputs, region, explanation ----------------------------------------------------------
+    @staticmethod
+    def _selectData(comboBox, value: str) -> None:
+        index = comboBox.findData(value)
+        comboBox.currentIndex = index if index >= 0 else 0
 
     def onModelChanged(self, spec: str) -> None:
         from medai.slicer import panel
 
-        self.ui.hintLabel.text = panel.device_hint(spec) if spec else "No classification model in the catalog yet: use Import model..."
+        with slicer.util.tryWithErrorDisplay("Cannot read this model's inputs and classes."):
+            names = panel.model_inputs(spec) if spec else ["input"]
+            for n, (label, selector) in enumerate(zip(self.inputLabels, self.inputSelectors)):
+                label.visible = selector.visible = n < len(names)
+                if n < len(names):
+                    label.text = f"{names[n]}:"
+            if len(names) > MAX_INPUTS:
+                slicer.util.errorDisplay(f"This model has {len(names)} inputs; the panel offers {MAX_INPUTS}. "
+                                         "Use the Python console: MedAIClassifyLogic().classify([...], model)")
+            blocked = self.ui.targetClassComboBox.blockSignals(True)
+            self.ui.targetClassComboBox.clear()
+            for label, value in panel.target_class_choices(spec):
+                self.ui.targetClassComboBox.addItem(label, value)
+            self.ui.targetClassComboBox.blockSignals(blocked)
+            self._selectData(self.ui.targetClassComboBox, self._parameterNode.targetClass if self._parameterNode else "")
+            self.ui.hintLabel.text = (panel.device_hint(spec) if spec
+                                      else "No classification model in the catalog yet: use Import model...")
         if self._parameterNode:
             self._parameterNode.modelSpec = spec
         self._checkCanApply()
@@ -99,79 +195,246 @@ class MedAIClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.device = self.devices.currentDevice()
 
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        ready = bool(self.models.currentSpec()) and bool(self.ui.inputVolume0Selector.currentNode())
-        self.ui.applyButton.enabled = ready or self.run.running
+    def onMethodChanged(self, index: int) -> None:
+        if self._parameterNode:
+            self._parameterNode.method = self.ui.methodComboBox.itemData(index) or "gradcam"
 
+    def onTargetClassChanged(self, index: int) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.targetClass = self.ui.targetClassComboBox.itemData(index) or ""
+
+    def onRegionChanged(self, node) -> None:
+        """A segmentation region offers its segments (all together by default); an ROI or none hides the choice."""
+        isSegmentation = node is not None and node.IsA("vtkMRMLSegmentationNode")
+        self.ui.regionSegmentLabel.visible = self.ui.regionSegmentComboBox.visible = isSegmentation
+        blocked = self.ui.regionSegmentComboBox.blockSignals(True)
+        self.ui.regionSegmentComboBox.clear()
+        self.ui.regionSegmentComboBox.addItem(ALL_SEGMENTS, "")
+        if isSegmentation:
+            segmentation = node.GetSegmentation()
+            for n in range(segmentation.GetNumberOfSegments()):
+                self.ui.regionSegmentComboBox.addItem(segmentation.GetNthSegment(n).GetName(), segmentation.GetNthSegmentID(n))
+        self.ui.regionSegmentComboBox.blockSignals(blocked)
+        self._selectData(self.ui.regionSegmentComboBox, self._parameterNode.regionSegment if self._parameterNode else "")
+
+    def onRegionSegmentChanged(self, index: int) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.regionSegment = self.ui.regionSegmentComboBox.itemData(index) or ""
+
+    def _updateExplainControls(self, explain: bool = True) -> None:
+        self.ui.methodComboBox.enabled = self.ui.targetClassComboBox.enabled = bool(explain)
+
+    def inputNodes(self) -> list:
+        return [s.currentNode() for s in self.inputSelectors if s.visible]
+
+    def region(self):
+        """The region argument for the logic: None, an ROI, a segmentation, or (segmentation, segment ID)."""
+        node = self.ui.regionSelector.currentNode()
+        segmentId = self.ui.regionSegmentComboBox.currentData if node is not None and node.IsA("vtkMRMLSegmentationNode") else ""
+        return (node, segmentId) if segmentId else node
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        ready = bool(self.models.currentSpec()) and all(self.inputNodes())
+        self.ui.applyButton.enabled = ready or self.run.running
+        self.ui.applyButton.toolTip = "Run the model" if ready else "Select a model and a volume for every input"
+        self._updateExplainControls(self.ui.explainCheckBox.checked)
+
+    # -- run ---------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
         if self.run.running:
             self.logic.cancel()
+            self.run.statusLabel.text = "Cancelling..."
             return
         from MedAILib.dependencies import ensure_dependencies
 
         if not ensure_dependencies():
             return
-        self.run.start("Classifying...")
+        choice = self.models.currentChoice()
+        self.run.start(f"Running {choice.title if choice else 'the model'}...")
         try:
-            result = self.logic.classify([self.ui.inputVolume0Selector.currentNode()], self.models.currentSpec(),
-                                         self.ui.regionSelector.currentNode(), self.ui.explainCheckBox.checked,
-                                         self.devices.currentDevice(), self.run.progress)
+            self.logic.classify(self.inputNodes(), self.models.currentSpec(), self.region(),
+                                self.ui.explainCheckBox.checked, self.devices.currentDevice(),
+                                waitForCompletion=False, progressCallback=self.run.progress,
+                                completedCallback=self.onCompleted,
+                                targetClass=self.ui.targetClassComboBox.currentData or None,
+                                method=self.ui.methodComboBox.currentData or "gradcam")
         except Exception as exc:
-            self.run.finish("Failed or cancelled; the scene was left as it was.")
-            slicer.util.errorDisplay(f"Classification failed: {exc}")
-            return
-        self.run.finish("Done.")
-        self.ui.resultsTableView.setMRMLTableNode(result.table_node)
+            self.run.finish("Not started")
+            slicer.util.errorDisplay(str(exc))
+
+    def onCompleted(self, job) -> None:
+        from medai.slicer import panel
+
+        if job.state == "succeeded":
+            out = job.output
+            self.run.finish(panel.classify_summary(out.result) + "\n"
+                            + panel.format_timings(job.timings, job.device_used, job.elapsed))
+            self.ui.resultsTableView.setMRMLTableNode(out.table_node)
+            if self._parameterNode:
+                self._parameterNode.resultTable = out.table_node
+            self._lastChart = out.chart_node
+            self.ui.showChartButton.enabled = out.chart_node is not None
+            showChart(out.chart_node)
+            warnings = "\n".join(out.result.warnings)
+            self.ui.hintLabel.text = warnings or (panel.device_hint(str(job.model)) if job.device_used == "cpu" else "")
+        elif job.state == "cancelled":
+            self.run.finish("Cancelled; the scene was left as it was.")
+        else:
+            self.run.finish("Failed; the scene was left as it was.")
+            slicer.util.errorDisplay(f"Classification failed: {job.error}")
+        self._checkCanApply()
 
 
 class MedAIClassifyLogic(ScriptedLoadableModuleLogic):
-    """Console API: ``MedAIClassifyLogic().classify([volume], model)`` (delegates to ClassifyLogic)."""
+    """Console API; the work is done by :class:`medai.slicer.jobs.ClassifyRunner`."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.cancelToken = None
+        from medai.slicer.jobs import ClassifyRunner, MainThreadQueue
+        from MedAILib.widgets import QueuePump
+
+        self.queue = MainThreadQueue()
+        self.runner = ClassifyRunner(self.queue)
+        self.pump = QueuePump(self.queue)
 
     def getParameterNode(self):
         return MedAIClassifyParameterNode(super().getParameterNode())
 
+    @property
+    def lastTimings(self) -> dict:
+        job = self.runner.job
+        return dict(job.timings) if job is not None else {}
+
     def cancel(self) -> None:
-        if self.cancelToken is not None:
-            self.cancelToken.cancel()
+        if self.runner.job is not None:
+            self.runner.job.cancel()
 
-    def classify(self, inputVolumes, model, region=None, explain: bool = True, device: str = "auto", progressCallback=None):
-        try:
-            from medai.slicer.classify_logic import ClassifyLogic
-        except ImportError as exc:
-            raise RuntimeError("the MedAI classification core is not installed in this build "
-                               "(medai.slicer.classify_logic); update the MedAI extension") from exc
-        from medai.engine.progress import CancelToken
+    def classify(self, inputVolumes, model, region=None, explain: bool = True, device: str = "auto",
+                 waitForCompletion: bool = True, progressCallback=None, completedCallback=None,
+                 targetClass=None, method: str = "gradcam"):
+        """Classify ``inputVolumes`` (node or list: one per model input, or a cohort of cases) with ``model``.
 
-        self.cancelToken = CancelToken()
+        ``region``: None, a segmentation node, ``(segmentationNode, segmentIdOrName)`` or a markups ROI.
+        ``targetClass`` (name or index) is the class the heatmap explains (None: the predicted one);
+        ``method``: "gradcam", "gradcam++" or "occlusion" (slow). Returns a ``ClassifyOutput``
+        (``table_node``, ``chart_node``, ``heatmap_node``, ``findings_table_node``, ``markups_node``), or
+        with ``waitForCompletion=False`` the running job at once (``job.cancel()``, ``job.state``,
+        ``job.output``); ``progressCallback(fraction, stage)`` and ``completedCallback(job)`` are called
+        on the main thread. Failure or cancel leaves the scene unchanged.
+        """
+        from MedAILib.widgets import runJob
 
-        def progress(fraction, stage):
-            if progressCallback is not None:
-                progressCallback(fraction, stage)
-            slicer.app.processEvents()  # keeps Cancel clickable while running on the main thread
-
-        return ClassifyLogic().classify(inputVolumes, model, region=region, explain=explain, device=device,
-                                        progress=progress, cancel=self.cancelToken)
+        return runJob(self.pump, lambda wait, completed: self.runner.classify(
+            inputVolumes, model, region, explain, device, wait, progressCallback, completed,
+            poll=slicer.app.processEvents, target_class=targetClass, method=method), waitForCompletion, completedCallback)
 
 
 class MedAIClassifyTest(ScriptedLoadableModuleTest):
+    """Runs in seconds: a tiny MONAI DenseNet with made-up weights on a small synthetic volume."""
+
     def setUp(self):
         slicer.mrmlScene.Clear()
+        self.tmp = tempfile.TemporaryDirectory()
+
+    def tearDown(self):
+        self.tmp.cleanup()
 
     def runTest(self):
         self.setUp()
         self.test_ParameterNodeRoundTrip()
+        self.setUp()
+        self.test_ClassifyWaitAndCallbacks()
+        self.setUp()
+        self.test_FailureLeavesSceneUnchanged()
+        self.tearDown()
+
+    def _card(self) -> str:
+        import json
+
+        import torch
+        from monai.networks.nets import DenseNet
+
+        from medai.fetch import sha256_of
+
+        network = {"_target_": "monai.networks.nets.DenseNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3,
+                   "init_features": 8, "growth_rate": 4, "block_config": [2, 2], "bn_size": 2}
+        torch.manual_seed(0)
+        weights = os.path.join(self.tmp.name, "model.pt")
+        torch.save(DenseNet(**{k: v for k, v in network.items() if k != "_target_"}).state_dict(), weights)
+        card = {"schema": "medai.card/1", "name": "tiny-densenet", "task": "classification", "network": network,
+                "weights": "model.pt", "sha256": sha256_of(weights), "inputs": [{"name": "CT"}],
+                "classes": ["normal", "benign", "malignant"],
+                "preprocessing": {"orientation": "RAS", "intensity": [{"op": "zscore"}]},
+                "inference": {"mode": "resize", "roi_size": [32, 32, 32], "activation": "softmax"}}
+        path = os.path.join(self.tmp.name, "medai.json")
+        with open(path, "w") as fh:
+            json.dump(card, fh)
+        return path
+
+    def _volume(self, components: int = 1):
+        import numpy as np
+
+        shape = (18, 22, 26) if components == 1 else (18, 22, 26, components)
+        array = np.random.default_rng(0).normal(size=shape).astype("float32")
+        array[6:12, 8:14, 10:16] += 4.0
+        if components == 1:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "synthetic")
+        else:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "two-channel")
+        node.SetSpacing(1.5, 1.5, 2.0)
+        slicer.util.updateVolumeFromArray(node, array)
+        return node
 
     def test_ParameterNodeRoundTrip(self):
         self.delayDisplay("MedAIClassify: parameter node")
         params = MedAIClassifyLogic().getParameterNode()
         volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
         params.inputVolume0, params.explain, params.modelSpec = volume, False, "some-model"
+        params.region, params.method, params.targetClass = roi, "occlusion", "benign"
         again = MedAIClassifyLogic().getParameterNode()
         self.assertIs(again.inputVolume0, volume)
+        self.assertIs(again.region, roi)
         self.assertFalse(again.explain)
-        self.assertEqual(again.modelSpec, "some-model")
+        self.assertEqual((again.modelSpec, again.method, again.targetClass), ("some-model", "occlusion", "benign"))
+        self.delayDisplay("Test passed")
+
+    def test_ClassifyWaitAndCallbacks(self):
+        self.delayDisplay("MedAIClassify: tiny DenseNet, waitForCompletion True and False")
+        card, volume = self._card(), self._volume()
+        logic = MedAIClassifyLogic()
+        out = logic.classify([volume], card, device="cpu")
+        for name in ("table_node", "chart_node", "heatmap_node", "findings_table_node", "markups_node"):
+            node = getattr(out, name)
+            self.assertIsNotNone(node, name)
+            self.assertIs(node.GetScene(), slicer.mrmlScene, name)
+        self.assertEqual(out.table_node.GetNumberOfRows(), 3)
+        self.assertEqual(out.heatmap_node.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
+        self.assertIn("load", logic.lastTimings)
+        done, fractions = [], []
+        job = logic.classify(volume, card, explain=True, device="cpu", waitForCompletion=False, method="gradcam++",
+                             targetClass="benign", progressCallback=lambda f, s: fractions.append(f),
+                             completedCallback=done.append)
+        self.assertFalse(done)  # returned at once
+        out2 = job.wait(timeout=60, poll=slicer.app.processEvents)
+        self.assertEqual(done, [job])
+        self.assertTrue(fractions)
+        self.assertEqual(out2.heatmap_node.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
+        showChart(out2.chart_node)  # a plot view where the layout has one; nothing headless
+        self.delayDisplay("Test passed")
+
+    def test_FailureLeavesSceneUnchanged(self):
+        self.delayDisplay("MedAIClassify: wrong channel count and an empty region leave the scene unchanged")
+        card, volume = self._card(), self._volume()
+        twoChannel = self._volume(components=2)
+        seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty region")
+        seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentId = seg.GetSegmentation().AddEmptySegment("lesion")
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(Exception):
+            MedAIClassifyLogic().classify([twoChannel], card, device="cpu")
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        with self.assertRaises(Exception):
+            MedAIClassifyLogic().classify([volume], card, region=(seg, segmentId), device="cpu")
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.delayDisplay("Test passed")

@@ -33,6 +33,29 @@ class QueuePump:
         self.timer.stop()
 
 
+def runJob(pump: QueuePump, start: Callable, waitForCompletion: bool, completedCallback: Callable | None = None):
+    """Start a :mod:`medai.slicer.jobs` run the way both module logics do.
+
+    ``start(wait, completed)`` calls the runner. Waiting: the runner drains the queue itself
+    (``poll=slicer.app.processEvents`` keeps the GUI alive). Not waiting: ``pump`` drains the queue
+    from a main-thread timer until the job completes, then stops.
+    """
+    if waitForCompletion:
+        return start(True, completedCallback)
+
+    def completed(job) -> None:
+        pump.stop()
+        if completedCallback is not None:
+            completedCallback(job)
+
+    pump.start()
+    try:
+        return start(False, completed)
+    except Exception:
+        pump.stop()
+        raise
+
+
 class ModelSelector:
     """A combo box of catalog models plus imported ones, and an "Import model..." tool button."""
 

@@ -85,9 +85,10 @@ class MedAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                self.ui.inputVolume2Selector, self.ui.inputVolume3Selector]
         self.inputLabels = [self.ui.inputVolume0Label, self.ui.inputVolume1Label,
                             self.ui.inputVolume2Label, self.ui.inputVolume3Label]
+        self.run = RunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel, self.ui.elapsedLabel)
+        # the model selector calls onModelChanged -> _checkCanApply at once: self.run must exist before it
         self.models = ModelSelector(self.ui.modelComboBox, self.ui.importModelButton, "segmentation", self.onModelChanged)
         self.devices = DeviceSelector(self.ui.deviceComboBox)
-        self.run = RunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel, self.ui.elapsedLabel)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -239,20 +240,11 @@ class MedAISegmentLogic(ScriptedLoadableModuleLogic):
         (``job.cancel()``, ``job.state``, ``job.node``); ``progressCallback(fraction, stage)`` and
         ``completedCallback(job)`` are called on the main thread. Failure or cancel leaves the scene unchanged.
         """
-        def completed(job):
-            self.pump.stop()
-            if completedCallback is not None:
-                completedCallback(job)
+        from MedAILib.widgets import runJob
 
-        if waitForCompletion:
-            return self.runner.segment(inputVolumes, model, outputSegmentation, device, True,
-                                       progressCallback, completedCallback, poll=slicer.app.processEvents)
-        self.pump.start()
-        try:
-            return self.runner.segment(inputVolumes, model, outputSegmentation, device, False, progressCallback, completed)
-        except Exception:
-            self.pump.stop()
-            raise
+        return runJob(self.pump, lambda wait, completed: self.runner.segment(
+            inputVolumes, model, outputSegmentation, device, wait, progressCallback, completed,
+            poll=slicer.app.processEvents), waitForCompletion, completedCallback)
 
 
 class MedAISegmentTest(ScriptedLoadableModuleTest):

@@ -114,3 +114,36 @@ def test_installed_layout_finds_catalog(tmp_path):
     resources, default, init = out.stdout.split()
     assert Path(resources) == root / "Resources" and default == "deepbet-brain"
     assert Path(init).is_relative_to(root)
+
+
+def test_classification_choices_classes_and_summary(tmp_path):
+    from classify_helpers import SMALL_DENSENET_3D, write_card
+    from medai.engine.classify import ClassificationResult, CaseResult
+
+    card = write_card(tmp_path / "dense3d", SMALL_DENSENET_3D, {
+        "task": "classification", "inputs": [{"name": "CT"}], "classes": ["normal", {"name": "benign"}, "malignant"],
+        "inference": {"mode": "resize", "roi_size": [32, 32, 32], "activation": "softmax"}})
+    assert all(c.spec != "deepbet-brain" for c in panel.model_choices("classification", [str(card)]))
+    assert panel.model_choices("classification", [str(card)])[-1].spec == str(card)
+    assert panel.model_inputs(str(card)) == ["CT"]
+    assert panel.model_classes(str(card)) == ["normal", "benign", "malignant"]
+    assert panel.target_class_choices(str(card)) == [(panel.PREDICTED, ""), ("normal", "normal"), ("benign", "benign"),
+                                                     ("malignant", "malignant")]
+    assert panel.target_class_choices("") == [(panel.PREDICTED, "")]
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "metadata.json").write_text(json.dumps({"network_data_format": {"outputs": {"pred": {
+        "num_channels": 2, "channel_def": {"0": "no tumour", "1": "tumour"}}}}}))
+    assert panel.model_classes(str(bundle)) == ["no tumour", "tumour"]
+    assert [m for _, m in panel.EXPLAIN_METHODS] == ["gradcam", "gradcam++", "occlusion"]
+    text = panel.format_timings({"load": 0.5, "ct: preprocess": 0.25, "ct: inference": 1.0,
+                                 "ct: explain (Grad-CAM)": 2.0, "mr: inference": 1.0, "scene": 0.125}, "cpu")
+    assert text == "Device cpu | load 0.50 s | preprocess 0.25 s | inference 2.00 s | explain 2.00 s | scene 0.12 s"
+    import numpy as np
+
+    from medai.geometry import Volume
+
+    ref = Volume(np.zeros((2, 2, 2), np.float32), np.eye(4), "ct")
+    result = ClassificationResult("m", "classification", ["normal", "benign", "malignant"],
+                                  [CaseResult("ct", ref, np.array([0.1, 0.7, 0.2]), [1])], [0.5] * 3)
+    assert panel.classify_summary(result) == "ct: benign | benign 0.70, malignant 0.20, normal 0.10"

@@ -151,19 +151,35 @@ class ClassifyLogic:
     def load(self, model: str | LoadedModel, device: str = "auto") -> LoadedModel:
         return model if isinstance(model, LoadedModel) else load_model(model, device)
 
-    def compute(self, inputVolumes, model: str | LoadedModel, region=None, explain: bool = True, device: str = "auto",
-                progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                target_class: int | str | None = None, method: str = "gradcam") -> ClassificationResult:
-        """Off-main-thread part: reads the nodes' voxels and runs the model; touches no node."""
+    def read_inputs(self, inputVolumes, region=None) -> tuple[list[Volume], Volume | None]:
+        """Main-thread part: the volumes and the region mask as arrays (views of the nodes' voxels); adds no node.
+
+        Reading a segmentation region may convert its representation, so this must run on the main thread.
+        """
         input_nodes = _as_list(inputVolumes)
+        if not input_nodes or any(n is None for n in input_nodes):
+            raise GeometryError("an input volume is not set; select a volume node for every model input")
         volumes = [bridge.volume_from_node(n) for n in input_nodes]
         mask = region_volume(region, input_nodes[0]) if region is not None else None
+        return volumes, mask
+
+    def compute_volumes(self, volumes: list[Volume], mask: Volume | None, model: str | LoadedModel, explain: bool = True,
+                        device: str = "auto", progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                        target_class: int | str | None = None, method: str = "gradcam") -> ClassificationResult:
+        """Off-main-thread part: loads the model and runs it on arrays read by :meth:`read_inputs`; touches no node."""
         start = time.perf_counter()
         loaded = self.load(model, device)
         load_s = time.perf_counter() - start
         result = run_classification(loaded, volumes, mask, explain, target_class, method, progress, cancel)
         result.timings = {"load": load_s, **result.timings}
         return result
+
+    def compute(self, inputVolumes, model: str | LoadedModel, region=None, explain: bool = True, device: str = "auto",
+                progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                target_class: int | str | None = None, method: str = "gradcam") -> ClassificationResult:
+        """:meth:`read_inputs` then :meth:`compute_volumes` on the calling thread; touches no node."""
+        volumes, mask = self.read_inputs(inputVolumes, region)
+        return self.compute_volumes(volumes, mask, model, explain, device, progress, cancel, target_class, method)
 
     def apply(self, result: ClassificationResult, show: bool = True) -> ClassifyOutput:
         """Main-thread part: put a finished result into the scene (tables, chart, heatmaps, findings)."""

@@ -1,15 +1,25 @@
-"""Background segmentation jobs: compute on a worker thread, apply on the main thread.
+"""Background model runs: compute on a worker thread, apply on the main thread.
 
-Qt-free. The worker thread runs :meth:`SegmentLogic.compute` (reads voxels, touches no node); the
-scene change (:meth:`SegmentLogic.apply`) and every user callback are handed to a
-:class:`MainThreadQueue` that the main thread drains:
+Qt-free, and the one way MedAI runs a model from a panel or the console. A :class:`Job` takes
+three callables:
+
+* ``prepare()`` (optional) runs on the calling (main) thread when the job starts: it reads the
+  nodes (voxels, region masks) so that the worker never touches the scene;
+* ``compute(prepared, progress, cancel)`` runs on the worker thread and touches no node;
+* ``apply(result)`` runs on the main thread and puts the finished result into the scene.
+
+The scene change and every user callback are handed to a :class:`MainThreadQueue` that the
+main thread drains:
 
 * headless and in tests: ``job.wait()`` (or ``queue.process_pending()``) drains it on the calling thread;
 * in Slicer: ``MedAILib.QueuePump`` drains it from a ``qt.QTimer`` that lives on the main thread
   (a timer created on the worker thread would never fire: that thread has no event loop).
 
 A failed or cancelled job leaves the scene as it was: no node is created before the result is
-complete, and :meth:`SegmentLogic.apply` rolls back a half-written output node.
+complete, and nodes that a failing ``apply`` added are removed again.
+
+:class:`SegmentRunner` (:class:`SegmentLogic`) and :class:`ClassifyRunner` (:class:`ClassifyLogic`)
+are thin users of :class:`Job` and :class:`JobRunner`.
 """
 
 from __future__ import annotations
@@ -21,11 +31,14 @@ import time
 from typing import Any, Callable
 
 from ..engine.progress import CancelToken, Cancelled
+from .classify_logic import ClassifyLogic, ClassifyOutput
 from .segment_logic import SegmentLogic
 
 log = logging.getLogger(__name__)
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
+
+ProgressFn = Callable[[float, str], None]
 
 
 class MainThreadQueue:
@@ -57,24 +70,42 @@ class MainThreadQueue:
                 return ran
 
 
-class SegmentJob:
-    """One segmentation run. ``state`` is running, succeeded, failed or cancelled; ``node`` the output."""
+def _node_nodes(value) -> list:
+    """The MRML nodes in an input argument (a node, a ``(node, segment)`` pair, a list of them, or None)."""
+    if value is None or isinstance(value, str):
+        return []
+    if isinstance(value, (list, tuple)):
+        return [n for item in value for n in _node_nodes(item)]
+    return [value] if hasattr(value, "GetScene") else []
 
-    def __init__(self, logic: SegmentLogic, input_volumes: list, model: Any, output_segmentation=None,
-                 device: str = "auto", schedule: MainThreadQueue | None = None,
-                 on_progress: Callable[[float, str], None] | None = None,
-                 on_done: Callable[["SegmentJob"], None] | None = None,
-                 on_worker_progress: Callable[[float, str], None] | None = None) -> None:
-        if not input_volumes:
-            raise ValueError("no input volume given; select at least one volume node")
-        self.logic, self.input_volumes, self.model = logic, list(input_volumes), model
-        self.output_segmentation, self.device = output_segmentation, device
+
+def _scene_node_ids(scene) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+class Job:
+    """One model run. ``state`` is running, succeeded, failed or cancelled; ``output`` what apply returned.
+
+    ``input_nodes`` are checked, before apply, to be still in the scene; the scene of the first
+    one is restored if apply fails half-way. ``what`` names the run in messages ("segmentation
+    with deepbet-brain").
+    """
+
+    kind = "run"
+
+    def __init__(self, compute: Callable[[Any, ProgressFn, CancelToken], Any], apply: Callable[[Any], Any],
+                 input_nodes: list, what: str, prepare: Callable[[], Any] | None = None,
+                 schedule: MainThreadQueue | None = None, on_progress: ProgressFn | None = None,
+                 on_done: Callable[["Job"], None] | None = None, on_worker_progress: ProgressFn | None = None) -> None:
+        self._compute, self._apply_fn, self._prepare = compute, apply, prepare
+        self.input_nodes, self.what = list(input_nodes), what
         self.schedule = schedule or MainThreadQueue()
         self.on_progress, self.on_done = on_progress, on_done
         self.on_worker_progress = on_worker_progress  # runs on the worker thread: must be thread-safe, no nodes
         self.cancel_token = CancelToken()
         self.state = RUNNING
-        self.node = None
+        self.output: Any = None
+        self.result: Any = None  # what compute returned (SegmentationResult, ClassificationResult)
         self.error: BaseException | None = None
         self.progress, self.stage = 0.0, ""
         self.timings: dict[str, float] = {}
@@ -82,11 +113,18 @@ class SegmentJob:
         self.started = time.perf_counter()
         self.elapsed = 0.0
         self._finished = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="MedAISegment", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=f"MedAI {self.kind}", daemon=True)
+        self._prepared: Any = None
 
     # -- control ---------------------------------------------------------------------------------
-    def start(self) -> "SegmentJob":
+    def start(self) -> "Job":
+        """Run ``prepare`` here (main thread), then ``compute`` on the worker; a prepare error fails the job."""
         self.started = time.perf_counter()
+        try:
+            self._prepared = self._prepare() if self._prepare is not None else None
+        except BaseException as exc:  # noqa: BLE001 - reported like any other failure, through the queue
+            self.schedule(lambda error=exc: self._finish(None, error))
+            return self
         self._thread.start()
         return self
 
@@ -99,19 +137,19 @@ class SegmentJob:
         return self._finished.is_set()
 
     def wait(self, timeout: float | None = None, poll: Callable[[], Any] | None = None):
-        """Drain the main-thread queue until the job is done; returns the node or raises the job's error.
+        """Drain the main-thread queue until the job is done; returns the output or raises the job's error.
 
         ``poll`` runs between waits (in Slicer: ``slicer.app.processEvents`` keeps the GUI alive).
         """
         deadline = None if timeout is None else time.perf_counter() + timeout
         while not self.done:
             if deadline is not None and time.perf_counter() > deadline:
-                raise TimeoutError(f"segmentation with {self.model} still running after {timeout} s")
+                raise TimeoutError(f"{self.what} still running after {timeout} s")
             self.schedule.process_pending(timeout=0.05)
             if poll is not None:
                 poll()
         if self.state == SUCCEEDED:
-            return self.node
+            return self.output
         raise self.error if self.error is not None else Cancelled("cancelled by the user")
 
     # -- worker thread ---------------------------------------------------------------------------
@@ -124,7 +162,7 @@ class SegmentJob:
 
     def _work(self) -> None:
         try:
-            result = self.logic.compute(self.input_volumes, self.model, self.device, self._report, self.cancel_token)
+            result = self._compute(self._prepared, self._report, self.cancel_token)
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the main thread
             self.schedule(lambda error=exc: self._finish(None, error))
         else:
@@ -132,43 +170,106 @@ class SegmentJob:
 
     # -- main thread -----------------------------------------------------------------------------
     def _apply(self, result) -> None:
+        scene = self.input_nodes[0].GetScene() if self.input_nodes else None
+        before = _scene_node_ids(scene) if scene is not None else set()
         try:
             self.cancel_token.check()  # cancelled after compute: still leave the scene alone
-            for node in self.input_volumes:
+            for node in self.input_nodes:
                 if node.GetScene() is None:
-                    raise RuntimeError(f"{node.GetName()}: the input volume was removed from the scene while the model ran")
-            node = self.logic.apply(result, self.input_volumes[0], self.output_segmentation)
+                    raise RuntimeError(f"{node.GetName()}: the input was removed from the scene while the model ran; "
+                                       "add it again and run once more")
+            start = time.perf_counter()
+            output = self._apply_fn(result)
+            apply_s = time.perf_counter() - start
         except BaseException as exc:  # noqa: BLE001
+            if scene is not None:  # all or nothing: drop what a half-done apply added
+                for extra in [scene.GetNodeByID(i) for i in _scene_node_ids(scene) - before]:
+                    if extra is not None:
+                        scene.RemoveNode(extra)
             self._finish(None, exc)
             return
-        self._finish(node, None)
+        self.result = result
+        self.timings = dict(getattr(result, "timings", {}) or {})
+        self.timings.setdefault("scene", apply_s)
+        self.device_used = str(getattr(result, "device", "") or "")
+        self._finish(output, None)
 
-    def _finish(self, node, error: BaseException | None) -> None:
+    def _finish(self, output, error: BaseException | None) -> None:
         self.elapsed = time.perf_counter() - self.started
-        self.node, self.error = node, error
+        self.output, self.error = output, error
         if error is None:
             self.state = SUCCEEDED
-            self.timings = dict(self.logic.last_timings)
-            self.device_used = self.logic.last_result.device if self.logic.last_result else ""
         else:
             self.state = CANCELLED if isinstance(error, Cancelled) else FAILED
             if self.state == FAILED:
-                log.error("MedAI segmentation failed: %s", error)
+                log.error("MedAI %s failed: %s", self.what, error)
         self._finished.set()
         if self.on_done is not None:
             self.on_done(self)
 
 
-class SegmentRunner:
+class JobRunner:
+    """Runs one :class:`Job` at a time: waits for it, or returns it running (callbacks on the main thread)."""
+
+    def __init__(self, schedule: MainThreadQueue | None = None) -> None:
+        self.schedule = schedule or MainThreadQueue()
+        self.job: Job | None = None
+
+    def run(self, job: Job, wait_for_completion: bool = True, poll: Callable[[], Any] | None = None):
+        """Start ``job``; return its output (raising its error) or, without waiting, the running job."""
+        if self.job is not None and not self.job.done:
+            raise RuntimeError(f"a {self.job.kind} is already running; cancel it or wait for it first")
+        self.job = job
+        job.start()
+        return job.wait(poll=poll) if wait_for_completion else job
+
+
+def _volume_list(input_volumes) -> list:
+    nodes = list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
+    if not nodes:
+        raise ValueError("no input volume given; select at least one volume node")
+    if any(n is None for n in nodes):
+        raise ValueError("an input volume is not set; select a volume node for every model input")
+    return nodes
+
+
+# --- segmentation ------------------------------------------------------------------------------
+
+
+class SegmentJob(Job):
+    """One segmentation run; ``node`` is the output segmentation node."""
+
+    kind = "segmentation"
+
+    def __init__(self, logic: SegmentLogic, input_volumes: list, model: Any, output_segmentation=None,
+                 device: str = "auto", schedule: MainThreadQueue | None = None,
+                 on_progress: ProgressFn | None = None, on_done: Callable[["SegmentJob"], None] | None = None,
+                 on_worker_progress: ProgressFn | None = None) -> None:
+        if not input_volumes:
+            raise ValueError("no input volume given; select at least one volume node")
+        self.logic, self.input_volumes, self.model = logic, list(input_volumes), model
+        self.output_segmentation, self.device = output_segmentation, device
+        super().__init__(
+            compute=lambda _, progress, cancel: logic.compute(self.input_volumes, model, device, progress, cancel),
+            apply=lambda result: logic.apply(result, self.input_volumes[0], output_segmentation),
+            input_nodes=self.input_volumes, what=f"segmentation with {model}", schedule=schedule,
+            on_progress=on_progress, on_done=on_done, on_worker_progress=on_worker_progress)
+
+    @property
+    def node(self):
+        """The segmentation node (None until the job succeeded)."""
+        return self.output
+
+
+class SegmentRunner(JobRunner):
     """The console / module API below the widget: ``segment(...)`` waits or returns a running job."""
 
     def __init__(self, schedule: MainThreadQueue | None = None, logic: SegmentLogic | None = None) -> None:
-        self.schedule = schedule or MainThreadQueue()
+        super().__init__(schedule)
         self.logic = logic or SegmentLogic()
-        self.job: SegmentJob | None = None
 
     def segment(self, input_volumes, model, output_segmentation=None, device: str = "auto",
-                wait_for_completion: bool = True, progress: Callable[[float, str], None] | None = None,
+                wait_for_completion: bool = True, progress: ProgressFn | None = None,
                 completed: Callable[[SegmentJob], None] | None = None, poll: Callable[[], Any] | None = None):
         """Segment ``input_volumes`` (a node or list; the first defines the grid) with ``model``.
 
@@ -178,9 +279,69 @@ class SegmentRunner:
         """
         if self.job is not None and not self.job.done:
             raise RuntimeError("a segmentation is already running; cancel it or wait for it first")
-        nodes = list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
-        if any(n is None for n in nodes):
-            raise ValueError("an input volume is not set; select a volume node for every model input")
-        self.job = SegmentJob(self.logic, nodes, model, output_segmentation, device, self.schedule, progress, completed)
-        self.job.start()
-        return self.job.wait(poll=poll) if wait_for_completion else self.job
+        nodes = _volume_list(input_volumes)
+        job = SegmentJob(self.logic, nodes, model, output_segmentation, device, self.schedule, progress, completed)
+        return self.run(job, wait_for_completion, poll)
+
+
+# --- classification ----------------------------------------------------------------------------
+
+
+class ClassifyJob(Job):
+    """One classification run; ``output`` is a :class:`ClassifyOutput` (table, chart, heatmap, findings nodes).
+
+    The volumes and the region are read on the main thread when the job starts (a segmentation
+    may convert its representation, which must not happen on a worker thread); the worker
+    only runs the model.
+    """
+
+    kind = "classification"
+
+    def __init__(self, logic: ClassifyLogic, input_volumes: list, model: Any, region=None, explain: bool = True,
+                 device: str = "auto", target_class: int | str | None = None, method: str = "gradcam",
+                 schedule: MainThreadQueue | None = None, on_progress: ProgressFn | None = None,
+                 on_done: Callable[["ClassifyJob"], None] | None = None,
+                 on_worker_progress: ProgressFn | None = None) -> None:
+        if not input_volumes:
+            raise ValueError("no input volume given; select at least one volume node")
+        self.logic, self.input_volumes, self.model = logic, list(input_volumes), model
+        self.region, self.explain, self.device = region, explain, device
+        self.target_class, self.method = target_class, method
+        super().__init__(
+            prepare=lambda: logic.read_inputs(self.input_volumes, region),
+            compute=lambda inputs, progress, cancel: logic.compute_volumes(
+                inputs[0], inputs[1], model, explain, device, progress, cancel, target_class, method),
+            apply=logic.apply,
+            input_nodes=self.input_volumes + _node_nodes(region), what=f"classification with {model}",
+            schedule=schedule, on_progress=on_progress, on_done=on_done, on_worker_progress=on_worker_progress)
+
+    @property
+    def classify_output(self) -> ClassifyOutput | None:
+        return self.output
+
+
+class ClassifyRunner(JobRunner):
+    """The console / module API below the widget: ``classify(...)`` waits or returns a running job."""
+
+    def __init__(self, schedule: MainThreadQueue | None = None, logic: ClassifyLogic | None = None) -> None:
+        super().__init__(schedule)
+        self.logic = logic or ClassifyLogic()
+
+    def classify(self, input_volumes, model, region=None, explain: bool = True, device: str = "auto",
+                 wait_for_completion: bool = True, progress: ProgressFn | None = None,
+                 completed: Callable[[ClassifyJob], None] | None = None, poll: Callable[[], Any] | None = None,
+                 target_class: int | str | None = None, method: str = "gradcam"):
+        """Classify ``input_volumes`` (a node or list: channels of one case, or a cohort) with ``model``.
+
+        ``region``: None, a segmentation node (all its segments), ``(segmentation node, segment ID or
+        name)``, a markups ROI or a labelmap node. Waits and returns the :class:`ClassifyOutput`
+        (raising the run's error), or with ``wait_for_completion=False`` returns the started
+        :class:`ClassifyJob` at once; ``progress(fraction, stage)`` and ``completed(job)`` are then
+        called on the main thread.
+        """
+        if self.job is not None and not self.job.done:
+            raise RuntimeError("a classification is already running; cancel it or wait for it first")
+        nodes = _volume_list(input_volumes)
+        job = ClassifyJob(self.logic, nodes, model, region, explain, device, target_class, method,
+                          self.schedule, progress, completed)
+        return self.run(job, wait_for_completion, poll)

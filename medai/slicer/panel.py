@@ -17,7 +17,10 @@ from ..models.loader import CARD_NAMES, ModelLoadError, _card_beside
 
 IMPORT_FILTER = "MONAI models (*.zip *.json *.ts *.pt *.pth);;All files (*)"
 TIMING_ORDER = (("load", "load"), ("preprocess", "preprocess"), ("inference", "inference"),
-                ("postprocess", "post-process"), ("scene", "scene"))
+                ("postprocess", "post-process"), ("explain", "explain"), ("localize", "localize"), ("scene", "scene"))
+CLASSIFY_TASKS = ("classification", "multilabel", "regression")  # as medai.engine.classify.CLASSIFY_TASKS
+EXPLAIN_METHODS = (("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcam++"), ("Occlusion (slow)", "occlusion"))
+PREDICTED = "(predicted class)"
 GIB = 1024**3
 
 
@@ -32,8 +35,9 @@ class ModelChoice:
 
 
 def model_choices(task: str = "segmentation", imported: list[str] | None = None) -> list[ModelChoice]:
-    """Catalog models for ``task`` (segmentation includes multilabel), then the user's imported models."""
-    tasks = ("segmentation", "multilabel") if task == "segmentation" else (task,)
+    """Catalog models for ``task`` (segmentation includes multilabel segmentation; classification includes
+    multi-label classification and regression), then the user's imported models."""
+    tasks = {"segmentation": ("segmentation", "multilabel"), "classification": CLASSIFY_TASKS}.get(task, (task,))
     choices = [ModelChoice(e.title, e.name, f"{e.description}\nModality: {e.modality}\nLicence: {e.license}", e.sample)
                for e in catalog.list_models() if e.task in tasks]
     for path in imported or []:
@@ -86,6 +90,32 @@ def model_inputs(spec: str) -> list[str]:
     return ["input"]
 
 
+def model_classes(spec: str) -> list[str]:
+    """Class names of a classification model, read from its card or bundle metadata without loading weights.
+
+    Empty when the model names no classes (the engine then calls them ``class 0``, ``class 1``...).
+    """
+    from ..engine.classify import _names_from
+
+    card = _card_path(spec)
+    if card is not None and card.exists():
+        parsed = read_card(card)
+        names, _ = _names_from(parsed.raw.get("classes"))
+        return names or [lab.name for lab in parsed.labels]
+    meta = Path(spec).expanduser() / "configs" / "metadata.json"
+    if meta.exists():
+        outputs = json.loads(meta.read_text()).get("network_data_format", {}).get("outputs", {})
+        out = outputs.get("pred") or next(iter(outputs.values()), {})
+        names, _ = _names_from({k: v for k, v in (out.get("channel_def") or {}).items() if str(k).isdigit()})
+        return names
+    return []
+
+
+def target_class_choices(spec: str) -> list[tuple[str, str]]:
+    """(label, value) pairs for the target-class combo: the predicted class (value ``""``), then each class."""
+    return [(PREDICTED, "")] + [(name, name) for name in (model_classes(spec) if spec else [])]
+
+
 def estimated_gpu_bytes(spec: str) -> int | None:
     """A rough upper bound of GPU memory one inference window needs (None when the card is unknown)."""
     card = _card_path(spec)
@@ -124,15 +154,20 @@ def device_hint(spec: str | None = None, gpu_bytes: int | None = None) -> str:
 
 
 def format_timings(timings: dict[str, float], device: str, elapsed: float | None = None) -> str:
-    """``Device cpu | load 0.1 s | preprocess ... | total 2.3 s`` with stages summed over cascade steps."""
+    """``Device cpu | load 0.1 s | preprocess ... | total 2.3 s`` with stages summed over cascade steps and cases."""
     parts = [f"Device {device}"] if device else []
     for key, label in TIMING_ORDER:
-        total = sum(v for k, v in timings.items() if k == key or k.startswith(key + " ("))
+        total = sum(v for k, v in timings.items() if _stage(k) == key or _stage(k).startswith(key + " ("))
         if total or key in timings:
             parts.append(f"{label} {total:.2f} s")
     if elapsed is not None:
         parts.append(f"total {elapsed:.2f} s")
     return " | ".join(parts)
+
+
+def _stage(key: str) -> str:
+    """``"case0: inference"`` (a classification cohort's per-case stage) -> ``"inference"``."""
+    return key.rsplit(": ", 1)[-1]
 
 
 def format_elapsed(seconds: float) -> str:
@@ -154,3 +189,15 @@ def load_sample_volume(name: str, scene=None):
     path = files[entry.image] if entry.image else next(iter(files.values()))
     volume = read_image(path)
     return volume_node_from_volume(scene or slicer.mrmlScene, volume, name=entry.name)
+
+
+def classify_summary(result) -> str:
+    """One line for the status label: the first case's top classes (``malignant 0.82, benign 0.12``), and the cohort size."""
+    if not result.cases:
+        return "No case was classified."
+    case = result.cases[0]
+    unit = f" {result.unit}" if result.unit else ""
+    top = ", ".join(f"{name} {score:.2f}{unit}" for name, score, _ in result.ranking(case)[:3])
+    predicted = ", ".join(result.predicted_names(case)) or "none above threshold"
+    more = f" ({len(result.cases)} cases: see the table)" if len(result.cases) > 1 else ""
+    return f"{case.name}: {predicted} | {top}{more}"
