@@ -183,7 +183,7 @@ class ClassifyLogic:
 
     def apply(self, result: ClassificationResult, show: bool = True) -> ClassifyOutput:
         """Main-thread part: put a finished result into the scene (tables, chart, heatmaps, findings)."""
-        scene = slicer.mrmlScene
+        scene = result.cases[0].reference.metadata.get("scene") or slicer.mrmlScene  # the inputs' own scene
         refs = [scene.GetNodeByID(c.reference.metadata.get("node_id", "")) for c in result.cases]
         out = ClassifyOutput(result)
         out.table_node = nodes.scores_table_node(scene, result)

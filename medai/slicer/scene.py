@@ -65,7 +65,7 @@ def volume_from_node(node) -> Volume:
     if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
         raise GeometryError(f"{node.GetName()}: the volume has no voxels; load image data into it first")
     array = slicer.util.arrayFromVolume(node)
-    return Volume(array, node_ijk_to_world(node), name=node.GetName(), metadata={"node_id": node.GetID()})
+    return Volume(array, node_ijk_to_world(node), name=node.GetName(), metadata={"node_id": node.GetID(), "scene": node.GetScene()})
 
 
 def _oriented_image(labelmap: np.ndarray, ijk_to_ras: np.ndarray):
