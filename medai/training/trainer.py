@@ -125,8 +125,14 @@ def _better(task: str, new: float, old: float | None) -> bool:
     return new < old if task == "regression" else new > old
 
 
-class LoadCased:
-    """MONAI-style deterministic transform: ``{"case": Case}`` -> ``{"image": (C,...), "label": ...}`` (cached)."""
+def _load_cased_base():
+    from monai.transforms import Transform
+
+    return Transform
+
+
+class LoadCased(_load_cased_base()):
+    """MONAI deterministic transform (so CacheDataset caches its output): ``{"case": Case}`` -> ``{"image": (C,...), "label": ...}`` (cached)."""
 
     def __init__(self, prep: Preprocessing, task: str, channels: int) -> None:
         self.prep, self.task, self.channels = prep, task, channels
