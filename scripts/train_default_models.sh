@@ -22,11 +22,13 @@ $PY -m medai.cli train --data "$WORK/tissue-slabs" --task segmentation --network
   --network-args '{"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}' \
   --roi 48,48,12 --spacing 2,2,2 --intensity percentile --epochs 100 --batch-size 8 --samples-per-case 8 \
   --steps-per-epoch 6 --lr 3e-3 --val-every 2 --patience 15 --seed 0 --device cpu \
+  --data-note "Labels DERIVED from the MNI152 2009a GM/WM probability maps (threshold 0.5), not manual; one template brain, cases are non-overlapping axial slabs." \
   --name mni-tissue-unet -o Resources/Models/mni-tissue-unet
 $PY -m medai.cli train --data "$WORK/tissue-patches/patches.csv" --task classification --network resnet \
   --network-args '{"block_inplanes": [8, 16, 32, 64], "layers": [1, 1, 1, 1], "conv1_t_size": 3, "conv1_t_stride": 2}' \
   --roi 16,16,16 --intensity '[{"op": "scale_range", "a_min": 0, "a_max": 255, "b_min": 0, "b_max": 1}]' \
   --epochs 60 --batch-size 32 --lr 3e-3 --val-every 2 --patience 10 --seed 0 --device cpu \
+  --data-note "Labels DERIVED from the MNI152 2009a GM/WM probability maps (threshold 0.5) at each patch's centre voxel, not manual; all patches come from one template brain, train/validation/test from separate axial slabs." \
   --name mni-tissue-patch-resnet -o Resources/Models/mni-tissue-patch-resnet
 # keep only what a catalog entry needs (card, weights, split, curves, test report)
 for m in mni-tissue-unet mni-tissue-patch-resnet; do rm -f Resources/Models/$m/checkpoint_last.pt; done

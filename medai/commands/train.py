@@ -39,6 +39,7 @@ def register(sub) -> None:
     p.add_argument("--crop-foreground", action="store_true", help="training only: crop cases to the labelled region plus a margin")
     p.add_argument("--denoise", choices=["median", "gaussian"], default=None, help="training only (see docs/training.md)")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint_last.pt")
+    p.add_argument("--data-note", default=None, help="a sentence about the data for the card (e.g. that labels are derived)")
     p.add_argument("--name", default=None, help="model name in the card (default: the output folder's name)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
@@ -63,6 +64,8 @@ def run(args) -> int:
     from ..training.data import discover
 
     data = discover(args.data, args.task)
+    if args.data_note:
+        data.description["note"] = args.data_note
     network = args.network or ("unet" if args.task == "segmentation" else "densenet121")
     config = TrainConfig(
         task=args.task, network=network, network_args=json.loads(args.network_args) if args.network_args else {},
