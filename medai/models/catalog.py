@@ -44,6 +44,7 @@ class CatalogEntry:
     card: str | None
     sample: str | None
     image: str | None = None  # samples only: the image file among the fetched members
+    base: str | None = None  # folder that a relative ``source.path`` starts from (models.d entries)
 
     @property
     def sha256(self) -> str:
@@ -72,6 +73,7 @@ def _entry(raw: dict) -> CatalogEntry:
         name=raw["name"], title=raw.get("title", raw["name"]), description=raw.get("description", ""),
         task=raw.get("task", "segmentation"), modality=raw.get("modality", ""), license=raw.get("license", ""),
         source=raw.get("source", {}), card=raw.get("card"), sample=raw.get("sample"), image=raw.get("image"),
+        base=raw.get("_base"),
     )
 
 
@@ -100,7 +102,17 @@ def model_dir(name: str) -> Path:
 
 
 def fetch_model(entry: CatalogEntry, progress: Callable[[float], None] | None = None) -> Path:
-    """Fetch a catalog model's files into the cache; returns its folder (with the card copied in)."""
+    """Fetch a catalog model's files into the cache; returns its folder (with the card copied in).
+
+    A ``{"path": ...}`` source is a local model folder (or card) used where it is; a relative
+    path starts from the catalog file's folder (``models.d`` for extension entries).
+    """
+    if "path" in entry.source:
+        local = Path(os.path.expanduser(entry.source["path"]))
+        if not local.is_absolute():
+            local = Path(entry.base or catalog_path().parent) / local
+        fetch_source({**entry.source, "path": str(local)}, model_dir(entry.name), f"model {entry.name}", progress)
+        return local.resolve()
     folder = model_dir(entry.name)
     fetch_source(entry.source, folder, f"model {entry.name}", progress)
     if entry.card:
