@@ -48,6 +48,9 @@ def test_every_core_file_and_catalog_resource_is_in_cmake():
     on_disk_py = {p.relative_to(REPO).as_posix() for p in py_files(REPO / "medai")}
     on_disk_res = {p.relative_to(REPO).as_posix() for p in (REPO / "Resources" / "Catalog").rglob("*")
                    if p.is_file() and not p.name.startswith(".")}
+    # models shipped in the repository: what the loader needs (card, weights) must be installed too
+    on_disk_res |= {p.relative_to(REPO).as_posix() for p in (REPO / "Resources" / "Models").glob("*/*")
+                    if p.name in ("medai.json", "model.pt")}
     assert not on_disk_py - listed_py, f"add to MEDAI_PYTHON_SCRIPTS in CMakeLists.txt: {sorted(on_disk_py - listed_py)}"
     assert not on_disk_res - listed_res, f"add to MEDAI_PYTHON_RESOURCES in CMakeLists.txt: {sorted(on_disk_res - listed_res)}"
     missing = [f for f in listed_py | listed_res if not (REPO / f).is_file()]
