@@ -140,7 +140,7 @@ def bench_resampling(repeats: int, shape=(300, 512, 512)) -> dict:
     from monai.data import MetaTensor
     from monai.transforms import Spacing
 
-    from medai.resample import grid_with_spacing, resample_channels
+    from medai.resample import resample_channels
 
     arr = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     affine = np.diag([0.7, 0.7, 1.0, 1.0])

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from .engine.progress import CancelToken
 from .engine.segment import segment
@@ -82,26 +81,10 @@ def compare_segmentations(pred: Volume, ref: Volume, labels: dict[int, str], cas
 
 
 def classify_volumes(model: LoadedModel, volumes: list[Volume]) -> np.ndarray:
-    """Class probabilities (or regression output) for one case, preprocessed as the card says (resize mode).
+    """Class probabilities (or regression output) for one case, through the classification engine itself."""
+    from .engine.classify import classify
 
-    Uses the same preprocessing function as training, so training and evaluation see identical inputs.
-    """
-    from .training.data import Preprocessing, preprocess
-
-    stage = model.card.stages[-1]
-    if stage.mode != "resize":
-        raise ValueError(f"model {model.name}: classification evaluation supports inference mode 'resize', not {stage.mode!r}")
-    prep = Preprocessing(stage.orientation, None, list(stage.intensity), resize=list(stage.roi_size))
-    x, _, _ = preprocess(volumes, prep, None, model.card.num_inputs, volumes[0].name)
-    if len(stage.roi_size) == 2:
-        x = x[..., 0]
-    with torch.no_grad(), model.lock:
-        out = model.networks[-1](x[None].to(model.device)).float().cpu()[0]
-    if stage.activation == "softmax":
-        out = torch.softmax(out, 0)
-    elif stage.activation == "sigmoid":
-        out = torch.sigmoid(out)
-    return out.numpy()
+    return classify(model, volumes, explain=False).cases[0].scores
 
 
 def card_classes(model: LoadedModel) -> list[str]:

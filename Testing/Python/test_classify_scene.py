@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import slicer
-import vtk
 
 from classify_helpers import KERAS_PNEUMONIA_CNN, SMALL_DENSENET_3D, masked_model, two_squares, write_card
 from conftest import oblique_affine

@@ -12,7 +12,6 @@ import SimpleITK as sitk
 import slicer
 
 from conftest import REPO, oblique_affine
-from medai.geometry import Volume
 from medai.io import read_image, write_volume
 from medai.models import catalog
 from test_segment_engine import cube_volume, threshold_card

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 import slicer
-import vtk
 
 from classify_helpers import SMALL_DENSENET_3D, write_card
 from conftest import oblique_affine

@@ -4,7 +4,6 @@ and the result loads through the normal loader and segments in a headless scene.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
