@@ -84,8 +84,11 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.inputLabels = [self.ui.inputVolume0Label, self.ui.inputVolume1Label,
                             self.ui.inputVolume2Label, self.ui.inputVolume3Label]
         self.run = RunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel, self.ui.elapsedLabel)
-        # the model selector calls onModelChanged -> _checkCanApply at once: self.run must exist before it
-        self.models = ModelSelector(self.ui.modelComboBox, self.ui.importModelButton, self.MODEL_TASK, self.onModelChanged)
+        # ModelSelector reports its first model while it is being built, before self.models is assigned, and
+        # onModelChanged -> _checkCanApply reads self.models and self.run: connect it once both exist, then call it
+        self.models = ModelSelector(self.ui.modelComboBox, self.ui.importModelButton, self.MODEL_TASK)
+        self.models.onChanged = self.onModelChanged
+        self.onModelChanged(self.models.currentSpec())
         self.devices = DeviceSelector(self.ui.deviceComboBox)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
