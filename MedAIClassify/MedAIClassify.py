@@ -18,15 +18,11 @@ import tempfile
 from typing import Union
 
 import slicer
-import vtk
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 from slicer import (
     vtkMRMLMarkupsROINode,
     vtkMRMLScalarVolumeNode,
@@ -34,7 +30,9 @@ from slicer import (
     vtkMRMLTableNode,
 )
 
-MAX_INPUTS = 4
+from MedAILib.moduleLogic import MedAIModuleLogic
+from MedAILib.moduleWidget import MedAIModuleWidget
+
 ALL_SEGMENTS = "(all segments)"
 
 
@@ -79,121 +77,58 @@ def showChart(chartNode) -> None:
         plots.logic().ShowChartInLayout(chartNode)
 
 
-class MedAIClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MedAIClassifyWidget(MedAIModuleWidget):
+    """The shared panel (MedAILib.moduleWidget) plus region + segment, explain + method, target class and results."""
+
+    MODEL_TASK = "classification"
+    MODEL_ERROR = "Cannot read this model's inputs and classes."
+    CONSOLE_CALL = "MedAIClassifyLogic().classify([...], model)"
+    JOB_NAME = "Classification"
+
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        MedAIModuleWidget.__init__(self, parent)
         self._lastChart = None
 
     def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAIClassify.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = MedAIClassifyLogic()
+        self.setupPanel(self.resourcePath("UI/MedAIClassify.ui"))
 
+    def _createLogic(self):
+        return MedAIClassifyLogic()
+
+    def _setupControls(self) -> None:
         from medai.slicer import panel
-        from MedAILib.widgets import DeviceSelector, ModelSelector, RunControls
 
-        self.inputSelectors = [self.ui.inputVolume0Selector, self.ui.inputVolume1Selector,
-                               self.ui.inputVolume2Selector, self.ui.inputVolume3Selector]
-        self.inputLabels = [self.ui.inputVolume0Label, self.ui.inputVolume1Label,
-                            self.ui.inputVolume2Label, self.ui.inputVolume3Label]
         for title, method in panel.EXPLAIN_METHODS:
             self.ui.methodComboBox.addItem(title, method)
-        self.run = RunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel, self.ui.elapsedLabel)
-        # the model selector calls onModelChanged -> _checkCanApply at once: self.run must exist before it
-        self.models = ModelSelector(self.ui.modelComboBox, self.ui.importModelButton, "classification", self.onModelChanged)
-        self.devices = DeviceSelector(self.ui.deviceComboBox)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.showChartButton.connect("clicked(bool)", lambda: showChart(self._lastChart))
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
         self.ui.targetClassComboBox.connect("currentIndexChanged(int)", self.onTargetClassChanged)
         self.ui.regionSegmentComboBox.connect("currentIndexChanged(int)", self.onRegionSegmentChanged)
         self.ui.regionSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRegionChanged)
         self.ui.explainCheckBox.connect("toggled(bool)", self._updateExplainControls)
-        self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        self.removeObservers()
+    def _onParameterNodeSet(self) -> None:
+        self._selectData(self.ui.methodComboBox, self._parameterNode.method)
+        self.onRegionChanged(self._parameterNode.region)
+        self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultTable)
 
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume0:
-            self._parameterNode.inputVolume0 = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self.models.setCurrentSpec(self._parameterNode.modelSpec or None)
-            self.devices.setCurrentDevice(self._parameterNode.device)
-            self._selectData(self.ui.methodComboBox, self._parameterNode.method)
-            self.onRegionChanged(self._parameterNode.region)
-            self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultTable)
-            self._checkCanApply()
-
-    # -- model, inputs, region, explanation ----------------------------------------------------------
+    # -- model, region, explanation ------------------------------------------------------------------
     @staticmethod
     def _selectData(comboBox, value: str) -> None:
         index = comboBox.findData(value)
         comboBox.currentIndex = index if index >= 0 else 0
 
-    def onModelChanged(self, spec: str) -> None:
+    def _onModelChanged(self, spec: str) -> None:
         from medai.slicer import panel
 
-        with slicer.util.tryWithErrorDisplay("Cannot read this model's inputs and classes."):
-            names = panel.model_inputs(spec) if spec else ["input"]
-            for n, (label, selector) in enumerate(zip(self.inputLabels, self.inputSelectors)):
-                label.visible = selector.visible = n < len(names)
-                if n < len(names):
-                    label.text = f"{names[n]}:"
-            if len(names) > MAX_INPUTS:
-                slicer.util.errorDisplay(f"This model has {len(names)} inputs; the panel offers {MAX_INPUTS}. "
-                                         "Use the Python console: MedAIClassifyLogic().classify([...], model)")
-            blocked = self.ui.targetClassComboBox.blockSignals(True)
-            self.ui.targetClassComboBox.clear()
-            for label, value in panel.target_class_choices(spec):
-                self.ui.targetClassComboBox.addItem(label, value)
-            self.ui.targetClassComboBox.blockSignals(blocked)
-            self._selectData(self.ui.targetClassComboBox, self._parameterNode.targetClass if self._parameterNode else "")
-            self.ui.hintLabel.text = (panel.device_hint(spec) if spec
-                                      else "No classification model in the catalog yet: use Import model...")
-        if self._parameterNode:
-            self._parameterNode.modelSpec = spec
-        self._checkCanApply()
-
-    def onDeviceChanged(self, index: int) -> None:
-        if self._parameterNode:
-            self._parameterNode.device = self.devices.currentDevice()
+        blocked = self.ui.targetClassComboBox.blockSignals(True)
+        self.ui.targetClassComboBox.clear()
+        for label, value in panel.target_class_choices(spec):
+            self.ui.targetClassComboBox.addItem(label, value)
+        self.ui.targetClassComboBox.blockSignals(blocked)
+        self._selectData(self.ui.targetClassComboBox, self._parameterNode.targetClass if self._parameterNode else "")
+        self.ui.hintLabel.text = (panel.device_hint(spec) if spec
+                                  else "No classification model in the catalog yet: use Import model...")
 
     def onMethodChanged(self, index: int) -> None:
         if self._parameterNode:
@@ -224,9 +159,6 @@ class MedAIClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateExplainControls(self, explain: bool = True) -> None:
         self.ui.methodComboBox.enabled = self.ui.targetClassComboBox.enabled = bool(explain)
 
-    def inputNodes(self) -> list:
-        return [s.currentNode() for s in self.inputSelectors if s.visible]
-
     def region(self):
         """The region argument for the logic: None, an ROI, a segmentation, or (segmentation, segment ID)."""
         node = self.ui.regionSelector.currentNode()
@@ -234,68 +166,41 @@ class MedAIClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return (node, segmentId) if segmentId else node
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        ready = bool(self.models.currentSpec()) and all(self.inputNodes())
-        self.ui.applyButton.enabled = ready or self.run.running
-        self.ui.applyButton.toolTip = "Run the model" if ready else "Select a model and a volume for every input"
+        MedAIModuleWidget._checkCanApply(self, caller, event)
         self._updateExplainControls(self.ui.explainCheckBox.checked)
 
     # -- run ---------------------------------------------------------------------------------------
-    def onApplyButton(self) -> None:
-        if self.run.running:
-            self.logic.cancel()
-            self.run.statusLabel.text = "Cancelling..."
-            return
-        from MedAILib.dependencies import ensure_dependencies
+    def _startJob(self) -> None:
+        self.logic.classify(self.inputNodes(), self.models.currentSpec(), self.region(),
+                            self.ui.explainCheckBox.checked, self.devices.currentDevice(),
+                            waitForCompletion=False, progressCallback=self.run.progress,
+                            completedCallback=self.onCompleted,
+                            targetClass=self.ui.targetClassComboBox.currentData or None,
+                            method=self.ui.methodComboBox.currentData or "gradcam")
 
-        if not ensure_dependencies():
-            return
-        choice = self.models.currentChoice()
-        self.run.start(f"Running {choice.title if choice else 'the model'}...")
-        try:
-            self.logic.classify(self.inputNodes(), self.models.currentSpec(), self.region(),
-                                self.ui.explainCheckBox.checked, self.devices.currentDevice(),
-                                waitForCompletion=False, progressCallback=self.run.progress,
-                                completedCallback=self.onCompleted,
-                                targetClass=self.ui.targetClassComboBox.currentData or None,
-                                method=self.ui.methodComboBox.currentData or "gradcam")
-        except Exception as exc:
-            self.run.finish("Not started")
-            slicer.util.errorDisplay(str(exc))
-
-    def onCompleted(self, job) -> None:
+    def _onJobSucceeded(self, job) -> None:
         from medai.slicer import panel
 
-        if job.state == "succeeded":
-            out = job.output
-            self.run.finish(panel.classify_summary(out.result) + "\n"
-                            + panel.format_timings(job.timings, job.device_used, job.elapsed))
-            self.ui.resultsTableView.setMRMLTableNode(out.table_node)
-            if self._parameterNode:
-                self._parameterNode.resultTable = out.table_node
-            self._lastChart = out.chart_node
-            self.ui.showChartButton.enabled = out.chart_node is not None
-            showChart(out.chart_node)
-            warnings = "\n".join(out.result.warnings)
-            self.ui.hintLabel.text = warnings or (panel.device_hint(str(job.model)) if job.device_used == "cpu" else "")
-        elif job.state == "cancelled":
-            self.run.finish("Cancelled; the scene was left as it was.")
-        else:
-            self.run.finish("Failed; the scene was left as it was.")
-            slicer.util.errorDisplay(f"Classification failed: {job.error}")
-        self._checkCanApply()
+        out = job.output
+        self.run.finish(panel.classify_summary(out.result) + "\n"
+                        + panel.format_timings(job.timings, job.device_used, job.elapsed))
+        self.ui.resultsTableView.setMRMLTableNode(out.table_node)
+        if self._parameterNode:
+            self._parameterNode.resultTable = out.table_node
+        self._lastChart = out.chart_node
+        self.ui.showChartButton.enabled = out.chart_node is not None
+        showChart(out.chart_node)
+        warnings = "\n".join(out.result.warnings)
+        self.ui.hintLabel.text = warnings or (panel.device_hint(str(job.model)) if job.device_used == "cpu" else "")
 
 
-class MedAIClassifyLogic(ScriptedLoadableModuleLogic):
+class MedAIClassifyLogic(MedAIModuleLogic):
     """Console API; the work is done by :class:`medai.slicer.jobs.ClassifyRunner`."""
 
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        from medai.slicer.jobs import ClassifyRunner, MainThreadQueue
-        from MedAILib.widgets import QueuePump
+    def _createRunner(self, queue):
+        from medai.slicer.jobs import ClassifyRunner
 
-        self.queue = MainThreadQueue()
-        self.runner = ClassifyRunner(self.queue)
-        self.pump = QueuePump(self.queue)
+        return ClassifyRunner(queue)
 
     def getParameterNode(self):
         return MedAIClassifyParameterNode(super().getParameterNode())
@@ -304,10 +209,6 @@ class MedAIClassifyLogic(ScriptedLoadableModuleLogic):
     def lastTimings(self) -> dict:
         job = self.runner.job
         return dict(job.timings) if job is not None else {}
-
-    def cancel(self) -> None:
-        if self.runner.job is not None:
-            self.runner.job.cancel()
 
     def classify(self, inputVolumes, model, region=None, explain: bool = True, device: str = "auto",
                  waitForCompletion: bool = True, progressCallback=None, completedCallback=None,
@@ -322,9 +223,7 @@ class MedAIClassifyLogic(ScriptedLoadableModuleLogic):
         ``job.output``); ``progressCallback(fraction, stage)`` and ``completedCallback(job)`` are called
         on the main thread. Failure or cancel leaves the scene unchanged.
         """
-        from MedAILib.widgets import runJob
-
-        return runJob(self.pump, lambda wait, completed: self.runner.classify(
+        return self._runJob(lambda wait, completed: self.runner.classify(
             inputVolumes, model, region, explain, device, wait, progressCallback, completed,
             poll=slicer.app.processEvents, target_class=targetClass, method=method), waitForCompletion, completedCallback)
 

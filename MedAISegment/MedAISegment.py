@@ -14,20 +14,16 @@ from __future__ import annotations
 import os
 import tempfile
 
-import qt
 import slicer
-import vtk
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
-MAX_INPUTS = 4
+from MedAILib.moduleLogic import MedAIModuleLogic
+from MedAILib.moduleWidget import MedAIModuleWidget
 
 
 class MedAISegment(ScriptedLoadableModule):
@@ -63,107 +59,30 @@ class MedAISegmentParameterNode:
     device: str = "auto"
 
 
-class MedAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+class MedAISegmentWidget(MedAIModuleWidget):
+    """The shared panel (MedAILib.moduleWidget) plus output segmentation, Download sample and Show 3D."""
+
+    MODEL_TASK = "segmentation"
+    MODEL_ERROR = "Cannot read this model's inputs."
+    CONSOLE_CALL = "MedAISegmentLogic().segment([...], model)"
+    JOB_NAME = "Segmentation"
 
     def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAISegment.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = MedAISegmentLogic()
+        self.setupPanel(self.resourcePath("UI/MedAISegment.ui"))
 
-        from MedAILib.widgets import DeviceSelector, ModelSelector, RunControls
+    def _createLogic(self):
+        return MedAISegmentLogic()
 
-        self.inputSelectors = [self.ui.inputVolume0Selector, self.ui.inputVolume1Selector,
-                               self.ui.inputVolume2Selector, self.ui.inputVolume3Selector]
-        self.inputLabels = [self.ui.inputVolume0Label, self.ui.inputVolume1Label,
-                            self.ui.inputVolume2Label, self.ui.inputVolume3Label]
-        self.run = RunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel, self.ui.elapsedLabel)
-        # the model selector calls onModelChanged -> _checkCanApply at once: self.run must exist before it
-        self.models = ModelSelector(self.ui.modelComboBox, self.ui.importModelButton, "segmentation", self.onModelChanged)
-        self.devices = DeviceSelector(self.ui.deviceComboBox)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+    def _setupControls(self) -> None:
         self.ui.downloadSampleButton.connect("clicked(bool)", self.onDownloadSample)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
-        self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume0:
-            self._parameterNode.inputVolume0 = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self.models.setCurrentSpec(self._parameterNode.modelSpec or None)
-            self.devices.setCurrentDevice(self._parameterNode.device)
-            self._checkCanApply()
-
-    # -- model, inputs, device ---------------------------------------------------------------------
-    def onModelChanged(self, spec: str) -> None:
+    # -- model, sample -----------------------------------------------------------------------------
+    def _onModelChanged(self, spec: str) -> None:
         from medai.slicer import panel
 
-        with slicer.util.tryWithErrorDisplay("Cannot read this model's inputs."):
-            names = panel.model_inputs(spec) if spec else ["input"]
-            for n, (label, selector) in enumerate(zip(self.inputLabels, self.inputSelectors)):
-                label.visible = selector.visible = n < len(names)
-                if n < len(names):
-                    label.text = f"{names[n]}:"
-            if len(names) > MAX_INPUTS:
-                slicer.util.errorDisplay(f"This model has {len(names)} inputs; the panel offers {MAX_INPUTS}. "
-                                         "Use the Python console: MedAISegmentLogic().segment([...], model)")
-            choice = self.models.currentChoice()
-            self.ui.downloadSampleButton.enabled = bool(choice and choice.sample)
-            self.ui.hintLabel.text = panel.device_hint(spec) if spec else ""
-        if self._parameterNode:
-            self._parameterNode.modelSpec = spec
-        self._checkCanApply()
-
-    def onDeviceChanged(self, index: int) -> None:
-        if self._parameterNode:
-            self._parameterNode.device = self.devices.currentDevice()
-
-    def inputNodes(self) -> list:
-        return [s.currentNode() for s in self.inputSelectors if s.visible]
-
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        ready = bool(self.models.currentSpec()) and all(self.inputNodes())
-        self.ui.applyButton.enabled = ready or self.run.running
-        self.ui.applyButton.toolTip = "Run the model" if ready else "Select a model and a volume for every input"
+        choice = self.models.currentChoice()
+        self.ui.downloadSampleButton.enabled = bool(choice and choice.sample)
+        self.ui.hintLabel.text = panel.device_hint(spec) if spec else ""
 
     def onDownloadSample(self) -> None:
         from MedAILib.sampledata import loadSample
@@ -174,52 +93,28 @@ class MedAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.inputSelectors[0].setCurrentNode(node)
 
     # -- run ---------------------------------------------------------------------------------------
-    def onApplyButton(self) -> None:
-        if self.run.running:
-            self.logic.cancel()
-            self.run.statusLabel.text = "Cancelling..."
-            return
-        from MedAILib.dependencies import ensure_dependencies
+    def _startJob(self) -> None:
+        self.logic.segment(self.inputNodes(), self.models.currentSpec(), self.ui.outputSegmentationSelector.currentNode(),
+                           self.devices.currentDevice(), waitForCompletion=False,
+                           progressCallback=self.run.progress, completedCallback=self.onCompleted)
 
-        if not ensure_dependencies():
-            return
-        self.run.start(f"Running {self.models.currentChoice().title}...")
-        try:
-            self.logic.segment(self.inputNodes(), self.models.currentSpec(), self.ui.outputSegmentationSelector.currentNode(),
-                               self.devices.currentDevice(), waitForCompletion=False,
-                               progressCallback=self.run.progress, completedCallback=self.onCompleted)
-        except Exception as exc:
-            self.run.finish("Not started")
-            slicer.util.errorDisplay(str(exc))
-
-    def onCompleted(self, job) -> None:
+    def _onJobSucceeded(self, job) -> None:
         from medai.slicer import panel
 
-        if job.state == "succeeded":
-            self.run.finish("Done. " + panel.format_timings(job.timings, job.device_used, job.elapsed))
-            self.ui.outputSegmentationSelector.setCurrentNode(job.node)
-            if self.ui.show3DCheckBox.checked:
-                job.node.CreateClosedSurfaceRepresentation()
-            self.ui.hintLabel.text = panel.device_hint(str(job.model)) if job.device_used == "cpu" else ""
-        elif job.state == "cancelled":
-            self.run.finish("Cancelled; the scene was left as it was.")
-        else:
-            self.run.finish("Failed; the scene was left as it was.")
-            slicer.util.errorDisplay(f"Segmentation failed: {job.error}")
-        self._checkCanApply()
+        self.run.finish("Done. " + panel.format_timings(job.timings, job.device_used, job.elapsed))
+        self.ui.outputSegmentationSelector.setCurrentNode(job.node)
+        if self.ui.show3DCheckBox.checked:
+            job.node.CreateClosedSurfaceRepresentation()
+        self.ui.hintLabel.text = panel.device_hint(str(job.model)) if job.device_used == "cpu" else ""
 
 
-class MedAISegmentLogic(ScriptedLoadableModuleLogic):
+class MedAISegmentLogic(MedAIModuleLogic):
     """Console API; the work is done by :class:`medai.slicer.jobs.SegmentRunner`."""
 
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        from medai.slicer.jobs import MainThreadQueue, SegmentRunner
-        from MedAILib.widgets import QueuePump
+    def _createRunner(self, queue):
+        from medai.slicer.jobs import SegmentRunner
 
-        self.queue = MainThreadQueue()
-        self.runner = SegmentRunner(self.queue)
-        self.pump = QueuePump(self.queue)
+        return SegmentRunner(queue)
 
     def getParameterNode(self):
         return MedAISegmentParameterNode(super().getParameterNode())
@@ -227,10 +122,6 @@ class MedAISegmentLogic(ScriptedLoadableModuleLogic):
     @property
     def lastTimings(self) -> dict:
         return dict(self.runner.logic.last_timings)
-
-    def cancel(self) -> None:
-        if self.runner.job is not None:
-            self.runner.job.cancel()
 
     def segment(self, inputVolumes, model, outputSegmentation=None, device: str = "auto",
                 waitForCompletion: bool = True, progressCallback=None, completedCallback=None):
@@ -240,9 +131,7 @@ class MedAISegmentLogic(ScriptedLoadableModuleLogic):
         (``job.cancel()``, ``job.state``, ``job.node``); ``progressCallback(fraction, stage)`` and
         ``completedCallback(job)`` are called on the main thread. Failure or cancel leaves the scene unchanged.
         """
-        from MedAILib.widgets import runJob
-
-        return runJob(self.pump, lambda wait, completed: self.runner.segment(
+        return self._runJob(lambda wait, completed: self.runner.segment(
             inputVolumes, model, outputSegmentation, device, wait, progressCallback, completed,
             poll=slicer.app.processEvents), waitForCompletion, completedCallback)
 

@@ -139,6 +139,15 @@ def test_ui_names_and_parameter_names_match_code(name):
     assert f"slicer_add_python_unittest(SCRIPT ${{MODULE_NAME}}.py)" in (REPO / name / "CMakeLists.txt").read_text()
 
 
+def test_shared_widget_ui_names_are_in_every_module_ui():
+    """MedAILib/moduleWidget.py drives both panels: each self.ui.<name> it uses must be in both .ui files."""
+    used = set(re.findall(r"self\.ui\.(\w+)", (REPO / "MedAILib" / "moduleWidget.py").read_text()))
+    assert used, "moduleWidget.py uses no .ui widget"
+    for name in ("MedAISegment", "MedAIClassify"):
+        names, _ = _ui_names(REPO / name / "Resources" / "UI" / f"{name}.ui")
+        assert not used - names, f"{name}.ui lacks widgets used by MedAILib/moduleWidget.py: {sorted(used - names)}"
+
+
 def test_gui_imports_only_in_module_folders():
     offenders = []
     for path in py_files(REPO):
