@@ -221,3 +221,19 @@ def test_broken_model_leaves_scene_and_output_node_unchanged(scene, tmp_path):
         SegmentLogic().segment([node], str(path), output_segmentation=output, device="cpu")
     assert _scene_state(scene) == before
     assert list(output.GetSegmentation().GetSegmentIDs()) == ["keep"]
+
+
+def test_internal_labelmap_geometry_is_the_input_geometry(scene, tmp_path):
+    """Not resampled on the way in: the segment's own oriented image has the volume's IJK-to-RAS and extent."""
+    import vtk
+
+    vol = cube_volume(affine=oblique_affine(spacing=(0.7, 1.3, 2.9)))
+    node = bridge.volume_node_from_volume(scene, vol, name="CT")
+    seg = SegmentLogic().segment([node], str(threshold_card(tmp_path / "thr")), device="cpu")
+    image = seg.GetSegmentation().GetNthSegment(0).GetRepresentation("Binary labelmap")
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    got = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    assert np.allclose(got, vol.ijk_to_ras, atol=1e-9)
+    k, j, i = vol.array.shape
+    assert tuple(image.GetExtent()) == (0, i - 1, 0, j - 1, 0, k - 1)
