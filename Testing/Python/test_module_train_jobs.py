@@ -147,3 +147,23 @@ def test_source_errors_name_the_input(scene, pairs, tmp_path):
         runner.train(pairs, tmp_path / "x", tiny_config(task="classification"))
     with pytest.raises(ValueError, match="output folder"):
         runner.train(pairs, "", tiny_config())
+
+
+def test_classification_from_a_table_node(scene, tmp_path):
+    from medai.slicer.training_bridge import table_node_from_rows
+
+    rows = []
+    for n in range(4):
+        cls = "bright" if n % 2 else "dark"
+        array = np.random.default_rng(n).normal(3.0 if n % 2 else 0.0, 0.3, (16, 16, 16)).astype(np.float32)
+        node = bridge.volume_node_from_volume(scene, Volume(array, np.diag([2.0, 2.0, 2.0, 1.0]), name=f"v{n}"), f"v{n}")
+        rows.append({"volume": node.GetName(), "class": cls})
+    table = table_node_from_rows(scene, rows, "labels")
+    imported: list[str] = []
+    config = tiny_config(task="classification", network="resnet", roi_size=[16, 16, 16], batch_size=2,
+                         network_args={"block_inplanes": [4, 8, 16, 32]})
+    out = TrainRunner().train(table, tmp_path / "bright", config,
+                              register=lambda spec: imported.extend(panel.add_model(imported, spec)))
+    assert out.result.metric_name == "accuracy" and out.table.GetTable().GetNumberOfRows() == 2
+    assert panel.model_choices("classification", imported)[-1].spec == str(out.model_dir.resolve())
+    assert panel.model_classes(str(out.model_dir)) == ["bright", "dark"]
