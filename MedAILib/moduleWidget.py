@@ -98,11 +98,14 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self._setupControls()
-        # the shared Train section (MedAILib/trainSection.py), above the module .ui's closing spacer
+        # the shared Train section (MedAILib/trainSection.py): last, but above a closing spacer of the module's .ui
         from MedAILib.trainSection import TrainSection
 
         self.trainSection = TrainSection(self, self.MODEL_TASK)
-        uiWidget.layout().insertWidget(uiWidget.layout().count() - 1, self.trainSection.widget)
+        layout = uiWidget.layout()
+        last = layout.itemAt(layout.count() - 1) if layout.count() else None
+        layout.insertWidget(layout.count() - 1 if last is not None and last.spacerItem() else layout.count(),
+                            self.trainSection.widget)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
