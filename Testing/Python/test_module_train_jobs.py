@@ -167,3 +167,20 @@ def test_classification_from_a_table_node(scene, tmp_path):
     assert out.result.metric_name == "accuracy" and out.table.GetTable().GetNumberOfRows() == 2
     assert panel.model_choices("classification", imported)[-1].spec == str(out.model_dir.resolve())
     assert panel.model_classes(str(out.model_dir)) == ["bright", "dark"]
+
+
+def test_progress_text_folders_and_add_model_errors(tmp_path):
+    from medai.models.loader import ModelLoadError
+    from medai.training import TrainEvent
+
+    event = TrainEvent("epoch", 3, 20, 4, 4, 0.41234, "dice", 0.73125, 0.742, 2, 10.0, 90.0)
+    assert panel.train_progress_text(event) == "epoch 3/20, loss 0.4123, dice 0.7312, best dice 0.7420 (epoch 2), 1.5 min left"
+    assert panel.train_progress_text(TrainEvent("train", 1, 2, 1, 4, 0.5, "dice", float("nan"), eta_s=5.0)) == \
+        "epoch 1/2, loss 0.5000, 5 s left"
+    assert "validating" in panel.train_progress_text(TrainEvent("validate", 2, 5))
+    assert panel.train_networks("classification") == ["densenet121", "resnet"]
+    first = panel.default_train_folder("m", tmp_path)
+    first.mkdir()
+    assert first == tmp_path / "m" and panel.default_train_folder("m", tmp_path) == tmp_path / "m-2"
+    with pytest.raises(ModelLoadError, match="neither a MONAI Bundle"):
+        panel.add_model([], first)
