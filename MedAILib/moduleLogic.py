@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 
@@ -20,9 +21,15 @@ class MedAIModuleLogic(ScriptedLoadableModuleLogic):
         from medai.slicer.jobs import MainThreadQueue
         from MedAILib.widgets import QueuePump
 
+        from medai.slicer.jobs import TrainRunner
+
         self.queue = MainThreadQueue()
         self.runner = self._createRunner(self.queue)
         self.pump = QueuePump(self.queue)
+        # training has its own queue and pump: a model can run while one trains, and each pump stops with its job
+        self.trainQueue = MainThreadQueue()
+        self.trainRunner = TrainRunner(self.trainQueue)
+        self.trainPump = QueuePump(self.trainQueue)
 
     def _createRunner(self, queue):
         """The module's :class:`medai.slicer.jobs.JobRunner` subclass, scheduling on ``queue``."""
@@ -31,6 +38,35 @@ class MedAIModuleLogic(ScriptedLoadableModuleLogic):
     def cancel(self) -> None:
         if self.runner.job is not None:
             self.runner.job.cancel()
+
+    def cancelTraining(self) -> None:
+        """Stop the training at its next step; the best checkpoint so far stays in the output folder."""
+        if self.trainRunner.job is not None:
+            self.trainRunner.job.cancel()
+
+    def train(self, source, outputFolder: str, network: str = "unet", epochs: int = 50, finetuneFrom: str | None = None,
+              device: str = "auto", name: str | None = None, waitForCompletion: bool = True,
+              progressCallback: Callable | None = None, completedCallback: Callable | None = None,
+              eventCallback: Callable | None = None, register: Callable | None = None, **config):
+        """Train a model on ``source``: ``[(volumeNode, segmentationNode), ...]`` (segmentation) or a table
+        node with ``volume`` and ``class`` columns (classification), into ``outputFolder``.
+
+        Returns the :class:`medai.slicer.jobs.TrainOutput` (model folder, chart and table nodes), or with
+        ``waitForCompletion=False`` the running job at once (``job.cancel()`` keeps the best checkpoint).
+        The finished model is added to the model lists (``register``, default
+        :func:`MedAILib.widgets.registerModel`). More :class:`medai.training.TrainConfig` fields go in ``config``.
+        """
+        from pathlib import Path
+
+        from medai.training import TrainConfig
+        from MedAILib.widgets import registerModel, runJob
+
+        task = "classification" if hasattr(source, "IsA") else "segmentation"
+        trainConfig = TrainConfig(task=task, network=network, epochs=int(epochs), finetune_from=finetuneFrom or None,
+                                  device=device, name=name or Path(outputFolder).name, **config)
+        return runJob(self.trainPump, lambda wait, completed: self.trainRunner.train(
+            source, outputFolder, trainConfig, wait, progressCallback, completed, eventCallback,
+            register or registerModel, poll=slicer.app.processEvents), waitForCompletion, completedCallback)
 
     def _runJob(self, start: Callable, waitForCompletion: bool, completedCallback: Callable | None):
         """``start(wait, completed)`` calls the runner; see :func:`MedAILib.widgets.runJob`."""

@@ -5,7 +5,9 @@ its ModifiedEvent observer, restoring the model and device choices), enter/exit/
 close, the input selectors that follow the model's inputs, the device choice, and the
 Apply/Cancel run with its completion. Each module subclasses it, loads its own ``.ui`` file and
 fills in the hooks (``_createLogic``, ``_setupControls``, ``_onParameterNodeSet``,
-``_onModelChanged``, ``_startJob``, ``_onJobSucceeded``) for its own controls.
+``_onModelChanged``, ``_startJob``, ``_onJobSucceeded``) for its own controls. The "Train" section
+(:class:`MedAILib.trainSection.TrainSection`, its own ``.ui``) is added here for the panel's
+``MODEL_TASK``; no module code is needed for it.
 
 Every ``self.ui.<name>`` used here must exist in both modules' ``.ui`` files
 (Testing/Python/test_static_module.py checks it). Only slicer and vtk are imported at load time:
@@ -96,12 +98,23 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self._setupControls()
+        # the shared Train section (MedAILib/trainSection.py): last, but above a closing spacer of the module's .ui
+        from MedAILib.trainSection import TrainSection
+
+        self.trainSection = TrainSection(self, self.MODEL_TASK)
+        layout = uiWidget.layout()
+        last = layout.itemAt(layout.count() - 1) if layout.count() else None
+        layout.insertWidget(layout.count() - 1 if last is not None and last.spacerItem() else layout.count(),
+                            self.trainSection.widget)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.removeObservers()
+        if getattr(self, "trainSection", None) is not None:
+            self.trainSection.cleanup()
 
     def enter(self) -> None:
+        self.models.refresh()  # models trained or imported in the other panel
         self.initializeParameterNode()
 
     def exit(self) -> None:

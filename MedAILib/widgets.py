@@ -1,5 +1,7 @@
 """Shared panel pieces: model selector with "Import model...", device choice, run controls, queue pump.
 
+The Train section is :mod:`MedAILib.trainSection`.
+
 Thin wrappers that put what :mod:`medai.slicer.panel` computes into widgets loaded from ``.ui``
 files; they hold no algorithm.
 """
@@ -114,10 +116,23 @@ class ModelSelector:
         if not path:
             return
         with slicer.util.tryWithErrorDisplay("Cannot import this model."):
-            spec = panel.check_import(path)
-            imported = [p for p in self.imported() if p != spec] + [spec]
-            qt.QSettings().setValue(IMPORTED_KEY, imported)
-            self.refresh(select=spec)
+            self.addModel(path)
+
+    def addModel(self, path: str) -> str:
+        """Add an imported or trained model to the user's list (shared by both panels) and select it."""
+        spec = registerModel(path)
+        self.refresh(select=spec)
+        return spec
+
+
+def registerModel(path: str) -> str:
+    """Keep ``path`` in the application settings' list of user models (:func:`medai.slicer.panel.add_model`).
+
+    Every ModelSelector lists it from its next refresh; returns the spec it is listed under.
+    """
+    imported = panel.add_model(ModelSelector.imported(), path)
+    qt.QSettings().setValue(IMPORTED_KEY, imported)
+    return imported[-1]
 
 
 class DeviceSelector:

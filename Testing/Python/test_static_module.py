@@ -175,3 +175,15 @@ def test_rules_would_catch_a_qt_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import qt\nfrom slicer.ScriptedLoadableModule import ScriptedLoadableModule\n")
     assert {"qt", "slicer.ScriptedLoadableModule"} <= imports_of(bad)
+
+
+def test_train_section_ui_names_match_code():
+    """MedAILib/trainSection.py drives the shared Train section: each self.ui.<name> is in its .ui, which CMake installs."""
+    code = (REPO / "MedAILib" / "trainSection.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", code))
+    names, params = _ui_names(REPO / "MedAILib" / "Resources" / "UI" / "MedAITrainSection.ui")
+    assert used and not used - names, f"MedAITrainSection.ui lacks: {sorted(used - names)}"
+    assert not params, "the Train section has no parameter node: no SlicerParameterName in its .ui"
+    assert '"Resources", "UI", "MedAITrainSection.ui"' in code
+    assert "RESOURCES ${MODULE_PYTHON_RESOURCES}" in (REPO / "MedAILib" / "CMakeLists.txt").read_text()
+    assert "TrainSection(self, self.MODEL_TASK)" in (REPO / "MedAILib" / "moduleWidget.py").read_text()

@@ -18,8 +18,8 @@ main thread drains:
 A failed or cancelled job leaves the scene as it was: no node is created before the result is
 complete, and nodes that a failing ``apply`` added are removed again.
 
-:class:`SegmentRunner` (:class:`SegmentLogic`) and :class:`ClassifyRunner` (:class:`ClassifyLogic`)
-are thin users of :class:`Job` and :class:`JobRunner`.
+:class:`SegmentRunner` (:class:`SegmentLogic`), :class:`ClassifyRunner` (:class:`ClassifyLogic`) and
+:class:`TrainRunner` (:func:`medai.training.train`) are thin users of :class:`Job` and :class:`JobRunner`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from ..engine.progress import CancelToken, Cancelled
@@ -83,6 +85,13 @@ def _scene_node_ids(scene) -> set[str]:
     return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
 
 
+def _remove_new_nodes(scene, before: set[str]) -> None:
+    """Remove the nodes added to ``scene`` since its node IDs were ``before``."""
+    for extra in [scene.GetNodeByID(i) for i in _scene_node_ids(scene) - before]:
+        if extra is not None:
+            scene.RemoveNode(extra)
+
+
 class Job:
     """One model run. ``state`` is running, succeeded, failed or cancelled; ``output`` what apply returned.
 
@@ -120,11 +129,16 @@ class Job:
     def start(self) -> "Job":
         """Run ``prepare`` here (main thread), then ``compute`` on the worker; a prepare error fails the job."""
         self.started = time.perf_counter()
+        scene = self.input_nodes[0].GetScene() if self.input_nodes else None
+        before = _scene_node_ids(scene) if scene is not None and self._prepare is not None else set()
         try:
             self._prepared = self._prepare() if self._prepare is not None else None
         except BaseException as exc:  # noqa: BLE001 - reported like any other failure, through the queue
             self.schedule(lambda error=exc: self._finish(None, error))
             return self
+        finally:
+            if before:  # prepare only reads: drop helper nodes a reader left (slicer.util's temporary labelmaps)
+                _remove_new_nodes(scene, before)
         self._thread.start()
         return self
 
@@ -183,9 +197,7 @@ class Job:
             apply_s = time.perf_counter() - start
         except BaseException as exc:  # noqa: BLE001
             if scene is not None:  # all or nothing: drop what a half-done apply added
-                for extra in [scene.GetNodeByID(i) for i in _scene_node_ids(scene) - before]:
-                    if extra is not None:
-                        scene.RemoveNode(extra)
+                _remove_new_nodes(scene, before)
             self._finish(None, exc)
             return
         self.result = result
@@ -344,4 +356,127 @@ class ClassifyRunner(JobRunner):
         nodes = _volume_list(input_volumes)
         job = ClassifyJob(self.logic, nodes, model, region, explain, device, target_class, method,
                           self.schedule, progress, completed)
+        return self.run(job, wait_for_completion, poll)
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainOutput:
+    """What a finished training run put into the scene, and where the model is."""
+
+    model_dir: Path
+    card_path: Path | None
+    chart: Any  # vtkMRMLPlotChartNode: loss and validation metric per epoch
+    table: Any  # vtkMRMLTableNode: the per-epoch history
+    result: Any  # medai.training.TrainResult
+
+
+def _training_source(source) -> tuple[str, list]:
+    """``(task, input nodes)`` of a Train section source: ``[(volume, segmentation), ...]`` or a table node."""
+    if source is None:
+        raise ValueError("no training data given; pick volumes with segmentations, or a table node with "
+                         "'volume' and 'class' columns")
+    if hasattr(source, "IsA"):
+        if not source.IsA("vtkMRMLTableNode"):
+            raise ValueError(f"{source.GetName()}: classification training reads a table node with 'volume' and "
+                             "'class' columns; choose a table node")
+        return "classification", [source]
+    pairs = list(source)
+    if not pairs:
+        raise ValueError("no volume/segmentation pairs given; check at least one volume that has a segmentation")
+    for pair in pairs:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or any(n is None for n in pair):
+            raise ValueError(f"{pair!r}: each segmentation training case is a (volume node, segmentation node) pair")
+    return "segmentation", [n for pair in pairs for n in pair]
+
+
+class TrainJob(Job):
+    """One training run: the cases are read from the scene on the main thread, ``trainer.train`` runs on the worker.
+
+    Progress is ``(fraction, text)`` with epoch, loss, validation metric and time left
+    (:func:`medai.slicer.panel.train_progress_text`); ``on_event`` also gets each
+    :class:`medai.training.TrainEvent` on the main thread. On success a training-curves chart and a
+    metrics table are added, ``register(model_dir)`` is called (it lists the model in the
+    selectors) and ``output`` is a :class:`TrainOutput`. Cancel keeps the best checkpoint on disk
+    (``train_result.card_path``) but adds no node and registers nothing.
+    """
+
+    kind = "training"
+
+    def __init__(self, source, out_dir: str | Path, config, schedule: MainThreadQueue | None = None,
+                 on_progress: ProgressFn | None = None, on_done: Callable[["TrainJob"], None] | None = None,
+                 on_event: Callable[[Any], None] | None = None, register: Callable[[str], Any] | None = None) -> None:
+        from .training_bridge import classification_cases_from_table, segmentation_cases_from_scene
+
+        task, nodes = _training_source(source)
+        if config.task != task and not (task == "classification" and config.task == "regression"):
+            raise ValueError(f"the training data is for {task} but the configuration asks for {config.task}; "
+                             "use volume/segmentation pairs for segmentation and a table node for classification")
+        if not out_dir:
+            raise ValueError("no output folder given; choose a folder for the trained model")
+        self.source, self.out_dir, self.config = source, Path(out_dir), config
+        self.on_event, self.register = on_event, register
+        self.train_result: Any = None  # the TrainResult, also after cancel (the kept best checkpoint)
+        self.last_event: Any = None
+        read = (lambda: classification_cases_from_table(source)) if task == "classification" else \
+            (lambda: segmentation_cases_from_scene(list(source)))
+        super().__init__(prepare=read, compute=self._train, apply=self._apply_training, input_nodes=nodes,
+                         what=f"training of {config.name or self.out_dir.name}", schedule=schedule,
+                         on_progress=on_progress, on_done=on_done)
+
+    @property
+    def model_dir(self) -> Path | None:
+        """The trained model's folder (None until the job succeeded)."""
+        return self.output.model_dir if self.output is not None else None
+
+    def _train(self, data, progress: ProgressFn, cancel: CancelToken):
+        from ..training import train
+        from .panel import train_progress_text
+
+        def on_event(event) -> None:
+            self.last_event = event
+            progress(event.fraction, train_progress_text(event))
+            if self.on_event is not None:
+                self.schedule(lambda: self.on_event(event) if not self.done else None)
+
+        self.train_result = train(data, self.out_dir, self.config, callback=on_event, cancel=cancel)
+        if self.train_result.stopped == "cancelled":
+            raise Cancelled(f"training cancelled; the best checkpoint (epoch {self.train_result.best_epoch}) "
+                            f"is kept in {self.out_dir}")
+        if self.train_result.card_path is None:
+            raise RuntimeError(f"{self.out_dir}: training wrote no model; give more cases or more epochs")
+        return self.train_result
+
+    def _apply_training(self, result) -> TrainOutput:
+        from .training_bridge import history_table, training_curves_chart
+
+        scene = self.input_nodes[0].GetScene()
+        name = self.config.name or self.out_dir.name
+        chart = training_curves_chart(scene, result.history, result.metric_name, name=f"{name} training")
+        table = history_table(scene, result.history, result.metric_name, name=f"{name} training metrics")
+        if self.register is not None:
+            self.register(str(result.model_dir))
+        return TrainOutput(Path(result.model_dir), result.card_path, chart, table, result)
+
+
+class TrainRunner(JobRunner):
+    """The console / module API below the Train section: ``train(...)`` waits or returns a running job."""
+
+    def train(self, source, out_dir: str | Path, config, wait_for_completion: bool = True,
+              progress: ProgressFn | None = None, completed: Callable[[TrainJob], None] | None = None,
+              on_event: Callable[[Any], None] | None = None, register: Callable[[str], Any] | None = None,
+              poll: Callable[[], Any] | None = None):
+        """Train on ``source`` (``[(volume, segmentation), ...]`` or a table node) into ``out_dir`` with ``config``.
+
+        Waits and returns the :class:`TrainOutput` (raising the run's error; a cancel raises
+        :class:`Cancelled`), or with ``wait_for_completion=False`` returns the started :class:`TrainJob`
+        at once; ``progress(fraction, text)``, ``on_event(TrainEvent)`` and ``completed(job)`` are
+        then called on the main thread. ``register(model_dir)`` lists the finished model (see
+        :func:`medai.slicer.panel.add_model`).
+        """
+        if self.job is not None and not self.job.done:
+            raise RuntimeError("a training is already running; cancel it or wait for it first")
+        job = TrainJob(source, out_dir, config, self.schedule, progress, completed, on_event, register)
         return self.run(job, wait_for_completion, poll)

@@ -41,8 +41,42 @@ def model_choices(task: str = "segmentation", imported: list[str] | None = None)
     choices = [ModelChoice(e.title, e.name, f"{e.description}\nModality: {e.modality}\nLicence: {e.license}", e.sample)
                for e in catalog.list_models() if e.task in tasks]
     for path in imported or []:
-        choices.append(ModelChoice(f"{Path(path).name} (imported)", str(path), str(path)))
+        if _model_task(str(path)) in (None, *tasks):  # a trained model is listed by the panel of its task only
+            kind = "trained" if _is_trained(str(path)) else "imported"
+            choices.append(ModelChoice(f"{Path(path).name} ({kind})", str(path), str(path)))
     return choices
+
+
+def add_model(imported: list[str], spec: str | Path) -> list[str]:
+    """``imported`` with ``spec`` (an imported or freshly trained model) checked and moved to the end.
+
+    The one list of user models behind every model selector: the widgets keep it in the
+    application settings and pass it to :func:`model_choices`, so a model added here is listed
+    at once. Raises :class:`ModelLoadError` naming the path when it is not a loadable model.
+    """
+    checked = check_import(spec)
+    return [p for p in imported if p != checked] + [checked]
+
+
+def _card_json(spec: str) -> dict | None:
+    card = _card_path(spec)
+    if card is None or not card.exists() or card.suffix.lower() != ".json":
+        return None
+    try:
+        return json.loads(card.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _model_task(spec: str) -> str | None:
+    """The task a user model's card names (None when it has no readable card, e.g. a MONAI Bundle)."""
+    card = _card_json(spec)
+    return str(card.get("task")) if card and card.get("task") else None
+
+
+def _is_trained(spec: str) -> bool:
+    card = _card_json(spec)
+    return bool(card and "training" in card)
 
 
 def check_import(path: str | Path) -> str:
@@ -168,6 +202,49 @@ def format_timings(timings: dict[str, float], device: str, elapsed: float | None
 def _stage(key: str) -> str:
     """``"case0: inference"`` (a classification cohort's per-case stage) -> ``"inference"``."""
     return key.rsplit(": ", 1)[-1]
+
+
+def train_networks(task: str) -> list[str]:
+    """The network names the Train section offers for ``task`` (see :mod:`medai.training.networks`)."""
+    from ..training.networks import CLASSIFICATION_NETWORKS, SEGMENTATION_NETWORKS
+
+    return list(SEGMENTATION_NETWORKS if task == "segmentation" else CLASSIFICATION_NETWORKS)
+
+
+def default_train_folder(name: str, root: str | Path | None = None) -> Path:
+    """A new folder for a trained model: ``<root or cache>/trained/<name>``, numbered when it exists."""
+    from ..fetch import cache_dir
+
+    base = Path(root) if root else cache_dir() / "trained"
+    folder, n = base / name, 2
+    while folder.exists():
+        folder, n = base / f"{name}-{n}", n + 1
+    return folder
+
+
+def train_progress_text(event) -> str:
+    """The Train section's status line for a :class:`medai.training.TrainEvent`.
+
+    ``epoch 3/20, loss 0.4120, dice 0.7312 (best 0.7420, epoch 2), 1.5 min left``; the cache,
+    validation and test phases say what is happening instead.
+    """
+    if event.phase == "cache":
+        return "reading and caching the training cases"
+    if event.phase == "validate":
+        return f"epoch {event.epoch}/{event.epochs}: validating"
+    if event.phase == "test":
+        return "testing the best model on the test cases"
+    parts = [f"epoch {event.epoch}/{event.epochs}"]
+    if event.loss is not None:
+        parts.append(f"loss {event.loss:.4f}")
+    metric = event.metric if event.metric is not None and event.metric == event.metric else None  # NaN: not validated
+    if metric is not None:
+        parts.append(f"{event.metric_name} {metric:.4f}")
+    if event.best_metric is not None:
+        parts.append(f"best {event.metric_name} {event.best_metric:.4f} (epoch {event.best_epoch})")
+    if event.eta_s is not None and event.phase != "done":
+        parts.append(f"{event.eta_s / 60:.1f} min left" if event.eta_s >= 60 else f"{event.eta_s:.0f} s left")
+    return ", ".join(parts)
 
 
 def format_elapsed(seconds: float) -> str:

@@ -180,3 +180,30 @@ def compare_classification_tables(pred_table, truth_table, scene=None) -> tuple[
     classes = sorted({r["true"] for r in rows} | {r["predicted"] for r in rows})
     report = build_report("classification", rows, classes, None)
     return report, table_node_from_rows(scene, report.summary_rows(), f"{pred_table.GetName()} vs {truth_table.GetName()}")
+
+
+# --- the Train section's inputs and outputs ----------------------------------------------------
+
+REFERENCE_ROLE = "referenceImageGeometryRef"  # vtkMRMLSegmentationNode::GetReferenceImageGeometryReferenceRole()
+
+
+def segmentation_pairs_in_scene(scene) -> list[tuple]:
+    """``(volume node, segmentation node)`` for every segmentation whose reference geometry is a scalar volume.
+
+    These are the pairs the Train section offers: a segmentation drawn on a volume in Segment
+    Editor references that volume. Segmentations without segments are left out.
+    """
+    pairs = []
+    for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+        seg = scene.GetNthNodeByClass(n, "vtkMRMLSegmentationNode")
+        volume = seg.GetNodeReference(REFERENCE_ROLE)
+        if volume is not None and volume.IsA("vtkMRMLScalarVolumeNode") and seg.GetSegmentation().GetNumberOfSegments():
+            pairs.append((volume, seg))
+    return pairs
+
+
+def history_table(scene, history: list[dict], metric_name: str, name: str = "MedAI training metrics"):
+    """The per-epoch training history (epoch, loss, validation metric, learning rate, time) as a table node."""
+    keys = ("epoch", "loss", metric_name, "lr", "samples_per_s", "time_s")
+    rows = [{k: r.get(k) for k in keys if k in r} for r in history]
+    return table_node_from_rows(scene, rows, name)
