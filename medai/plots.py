@@ -1,4 +1,9 @@
-"""PNG plots for training and evaluation reports (matplotlib, Agg backend: no display needed)."""
+"""PNG plots for training and evaluation reports.
+
+Figures are made with matplotlib's object API (``Figure`` + Agg canvas), never pyplot: no global
+backend is switched, so this is safe on a worker thread inside Slicer, whose own matplotlib
+backend stays as it was.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,21 @@ from typing import Sequence
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
+def _figure(size: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
 
 
 def training_curves(history: list[dict], metric_name: str, path: Path) -> Path | None:
     """Training loss and validation metric per epoch."""
     if not history:
         return None
-    plt = _pyplot()
     epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = _figure((6, 4))
     ax.plot(epochs, [r["loss"] for r in history], color="tab:blue", label="training loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss", color="tab:blue")
@@ -35,14 +39,12 @@ def training_curves(history: list[dict], metric_name: str, path: Path) -> Path |
     ax.set_title("Training")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
 def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> Path:
     """One ROC curve per class: ``{name: (fpr, tpr, auc)}``."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    fig, ax = _figure((5, 5))
     for name, (fpr, tpr, auc) in curves.items():
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
@@ -52,15 +54,13 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Pa
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
 def confusion_matrix_plot(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Path) -> Path:
     """Counts with true classes in rows and predicted classes in columns."""
-    plt = _pyplot()
     cm = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5), dpi=100)
+    fig, ax = _figure((1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
     ax.set_yticks(range(len(classes)), classes)
@@ -71,5 +71,4 @@ def confusion_matrix_plot(cm: Sequence[Sequence[int]], classes: Sequence[str], p
     ax.set_title("Confusion matrix")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
