@@ -17,7 +17,8 @@ def _floats(text: str) -> list[float]:
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a segmentation or classification model into a model card")
     p.add_argument("--data", required=True, help="Decathlon folder (dataset.json), folder of image/label pairs, or CSV (image,label[,split])")
-    p.add_argument("--task", default="segmentation", choices=["segmentation", "classification", "regression"])
+    p.add_argument("--task", default="segmentation", choices=["segmentation", "classification", "multilabel", "regression"],
+                   help="multilabel: classes that may co-occur (CSV label cell 'a;b'), one sigmoid output each")
     p.add_argument("--network", default=None, help="unet, segresnet, dynunet (segmentation); densenet121, resnet (classification)")
     p.add_argument("--network-args", default=None, help='JSON overriding network arguments, e.g. \'{"channels": [8, 16, 32], "strides": [2, 2]}\'')
     p.add_argument("-o", "--output", required=True, help="model folder to write (medai.json, model.pt, split.json, history.csv, plots)")
@@ -25,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=2, help="patches (segmentation) or images per step")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (x0.1 when fine-tuning)")
-    p.add_argument("--roi", default=None, help="patch size (segmentation) or input size (classification), e.g. 96,96,96")
+    p.add_argument("--roi", default=None, help="patch size (segmentation) or input size (classification), e.g. 96,96,96; two values train a 2D model on single-slice images")
     p.add_argument("--spacing", default=None, help="resample to this voxel size in mm, e.g. 1.5,1.5,2")
     p.add_argument("--intensity", default="nonzero_zscore",
                    help="normalisation: zscore, nonzero_zscore, percentile, or a JSON list of card intensity ops")
@@ -37,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--split", default="0.7,0.15,0.15", help="train,validation,test fractions when the data gives no split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop-foreground", action="store_true", help="training only: crop cases to the labelled region plus a margin")
-    p.add_argument("--denoise", choices=["median", "gaussian"], default=None, help="training only (see docs/training.md)")
+    p.add_argument("--denoise", choices=["median", "gaussian"], default=None, help="denoise inputs before normalisation; written into the card, so inference does the same")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint_last.pt")
     p.add_argument("--data-note", default=None, help="a sentence about the data for the card (e.g. that labels are derived)")
     p.add_argument("--name", default=None, help="model name in the card (default: the output folder's name)")

@@ -1,4 +1,4 @@
-"""Intensity normalisation operations named in model cards."""
+"""Intensity operations named in model cards: normalisation, and denoising (``denoise``) before it."""
 
 from __future__ import annotations
 
@@ -15,6 +15,20 @@ def _quantiles(x: torch.Tensor, lower: float, upper: float) -> tuple[float, floa
         return float(q[0]), float(q[1])
     lo, hi = np.percentile(flat.cpu().numpy(), [lower, upper])
     return float(lo), float(hi)
+
+
+def denoise(x: torch.Tensor, method: str = "gaussian", sigma: float = 0.75, size: int = 3) -> torch.Tensor:
+    """Each channel of ``x`` ``(C, ...)`` smoothed over its spatial axes: Gaussian (``sigma`` voxels) or median (``size`` voxels)."""
+    from scipy import ndimage
+
+    arr = x.detach().cpu().float().numpy()
+    if method == "gaussian":
+        out = np.stack([ndimage.gaussian_filter(c, sigma=float(sigma)) for c in arr])
+    elif method == "median":
+        out = np.stack([ndimage.median_filter(c, size=int(size)) for c in arr])
+    else:
+        raise ModelCardError(f"denoise method {method!r} unknown; use gaussian or median")
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(x.device)
 
 
 def apply_intensity(x: torch.Tensor, ops: list[dict], stats: dict) -> torch.Tensor:
@@ -52,6 +66,8 @@ def apply_intensity(x: torch.Tensor, ops: list[dict], stats: dict) -> torch.Tens
                     v = x[c][nz]
                     out[c][nz] = (v - v.mean()) / v.std(unbiased=False).clamp_min(1e-8)
             x = out
+        elif kind == "denoise":
+            x = denoise(x, op.get("method", "gaussian"), op.get("sigma", 0.75), op.get("size", 3))
         elif kind == "affine":
             x = x * float(op.get("scale", 1.0)) + float(op.get("shift", 0.0))
         else:

@@ -36,7 +36,8 @@ from ..results import Label
 
 CARD_SCHEMA = "medai.card/1"
 TASKS = ("segmentation", "classification", "multilabel", "regression")
-INTENSITY_OPS = ("percentile_scale", "scale_range", "clip", "zscore", "affine", "nonzero_zscore")
+INTENSITY_OPS = ("percentile_scale", "scale_range", "clip", "zscore", "affine", "nonzero_zscore", "denoise")
+DENOISE_METHODS = ("gaussian", "median")
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 MODES = ("sliding_window", "resize", "whole")
 
@@ -138,6 +139,8 @@ def _stage_from(raw: dict, name: str, where: str) -> Stage:
     for op in intensity:
         if op.get("op") not in INTENSITY_OPS:
             raise ModelCardError(f"{where}: intensity op {op.get('op')!r} unknown; use one of {', '.join(INTENSITY_OPS)}")
+        if op["op"] == "denoise" and op.get("method", "gaussian") not in DENOISE_METHODS:
+            raise ModelCardError(f"{where}: denoise method {op.get('method')!r} unknown; use one of {', '.join(DENOISE_METHODS)}")
     mode = inf.get("mode", "sliding_window")
     if mode not in MODES:
         raise ModelCardError(f"{where}: inference mode {mode!r} unknown; use one of {', '.join(MODES)}")

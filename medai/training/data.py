@@ -7,7 +7,8 @@ Sources:
 * a folder of image/label pairs: ``images/`` + ``labels/`` with the same file names, or
   ``NAME.nii.gz`` beside ``NAME_label.nii.gz`` (also ``_seg``, ``_mask``);
 * a CSV with an ``image`` column (paths relative to the CSV) and a ``label`` column (class name,
-  or a number for regression), optionally ``split`` (train / validation / test);
+  several names separated by ``;`` for multi-label, or a number for regression), optionally
+  ``split`` (train / validation / test); single-slice images (PNG, 2D NRRD) suit 2D models;
 * Slicer scene cases (``medai.slicer.training_source``) that carry volumes in memory.
 """
 
@@ -47,7 +48,7 @@ class Case:
     id: str
     images: list[Path] = field(default_factory=list)
     label: Path | None = None
-    target: float | None = None  # class index or regression value
+    target: float | list[float] | None = None  # class index, multi-label 0/1 vector, or regression value
     split: str | None = None  # split given by the dataset, if any
     volumes: list[Volume] | None = None  # in-memory inputs (scene source)
     label_volume: Volume | None = None
@@ -152,6 +153,11 @@ def from_pairs(folder: Path) -> TrainingData:
     return TrainingData(cases, "segmentation", _labels_present(cases), description=desc, modalities=["image"])
 
 
+def _label_names(text: str) -> set[str]:
+    """Multi-label class names in one CSV cell: ``"a;b"`` (empty: none of the classes)."""
+    return {n.strip() for n in (text or "").split(";") if n.strip()}
+
+
 def from_csv(path: Path, task: str = "classification") -> TrainingData:
     """Cases from a CSV with ``image`` and ``label`` columns (optional ``split``); paths relative to the CSV."""
     with open(path, newline="") as fh:
@@ -168,12 +174,19 @@ def from_csv(path: Path, task: str = "classification") -> TrainingData:
     classes: list[str] = []
     if task == "classification":
         classes = sorted({r[label_col].strip() for r in rows})
+    elif task == "multilabel":
+        classes = sorted({n for r in rows for n in _label_names(r[label_col])})
+        if not classes:
+            raise DataError(f"{path}: no class names in column {label_col!r}; list each image's classes separated by ';'")
     cases = []
     for n, r in enumerate(rows):
         img = Path(r[image_col])
         img = (path.parent / img).resolve() if not img.is_absolute() else img
         if task == "classification":
             target = float(classes.index(r[label_col].strip()))
+        elif task == "multilabel":
+            names = _label_names(r[label_col])
+            target = [1.0 if c in names else 0.0 for c in classes]
         else:
             try:
                 target = float(r[label_col])
@@ -225,23 +238,9 @@ class Preprocessing:
     intensity: list[dict] = field(default_factory=list)
     resize: list[int] | None = None  # classification: inputs resized to the card's roi_size
     crop_foreground: bool = False  # training only: crop cases to the labelled/nonzero region plus a margin
-    denoise: str | None = None  # training only: "median" or "gaussian" before intensity normalisation
 
     def to_card(self) -> dict:
         return {"orientation": self.orientation, "spacing": self.spacing, "intensity": self.intensity}
-
-
-def _denoise(x: torch.Tensor, kind: str) -> torch.Tensor:
-    from scipy import ndimage
-
-    arr = x.numpy()
-    if kind == "median":
-        out = np.stack([ndimage.median_filter(c, size=3) for c in arr])
-    elif kind == "gaussian":
-        out = np.stack([ndimage.gaussian_filter(c, sigma=0.75) for c in arr])
-    else:
-        raise DataError(f"denoise {kind!r} unknown; use median or gaussian")
-    return torch.from_numpy(out.astype(np.float32))
 
 
 def _foreground_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
@@ -257,7 +256,8 @@ def preprocess(volumes: list[Volume], prep: Preprocessing, label: Volume | None 
 
     Same steps, same code as :func:`medai.engine.segment.segment_with_card`: stack channels on the
     first volume's grid, reorient to RAS, resample to the card's spacing, then intensity ops (or
-    for classification: resize to ``roi_size`` and then intensity ops).
+    for classification: resize to ``roi_size`` and then intensity ops). A 2D model (two ``resize``
+    values) gets the single slice as stored, ``(C, A, B)``, unreoriented, as the classify engine does.
     """
     ref = volumes[0]
     x = stack_inputs(volumes, channels or sum(v.num_components for v in volumes), name)
@@ -267,6 +267,10 @@ def preprocess(volumes: list[Volume], prep: Preprocessing, label: Volume | None 
             log.info("%s: resampling the label onto the image grid (nearest neighbour)", name)
             label = resample_volume_to(label, ref, linear=False)
         y = torch.from_numpy(np.ascontiguousarray(to_ijk_array(label)).astype(np.int64))
+    if prep.resize is not None and len(prep.resize) == 2:  # a 2D model: the single slice, in its own orientation
+        x = ref_slice(x, name)
+        x = F.interpolate(x[None], size=tuple(prep.resize), mode="bilinear")[0]
+        return apply_intensity(x.contiguous(), prep.intensity, {}).float(), None, ref.ijk_to_ras
     affine = ref.ijk_to_ras
     if prep.orientation == "RAS":
         x, affine, _ = reorient_to_ras(x, ref.ijk_to_ras)
@@ -286,10 +290,17 @@ def preprocess(volumes: list[Volume], prep: Preprocessing, label: Volume | None 
         box = _foreground_box(mask, margin=8)
         x = x[(slice(None), *box)].contiguous()
         y = y[(slice(None), *box)].contiguous() if y is not None else None
-    if prep.denoise:
-        x = _denoise(x, prep.denoise)
     x = apply_intensity(x, prep.intensity, {})
     return x.float(), y, affine
+
+
+def ref_slice(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``(C, I, J, K)`` with one single-voxel axis (K preferred, as the classify engine picks) -> ``(C, A, B)``."""
+    for axis in (2, 1, 0):
+        if x.shape[axis + 1] == 1:
+            return x.select(axis + 1, 0)
+    raise DataError(f"{name}: a 2D model (two --roi values) needs single-slice images, but this one is {tuple(x.shape[1:])}; "
+                    "give 2D images (PNG, single-slice NRRD) or three --roi values for a 3D model")
 
 
 def estimate_case_bytes(case: Case, prep: Preprocessing) -> int:

@@ -1,6 +1,14 @@
 """The training loop: AdamW with warm-up + cosine schedule, AMP on GPU, cached data, validation every N epochs,
 best checkpoint, early stopping, resume, fine-tuning, progress callbacks and cancellation.
 
+Tasks: ``segmentation`` (softmax, Dice + cross-entropy), ``classification`` (softmax, cross-entropy),
+``multilabel`` classification (one sigmoid per class, binary cross-entropy; classes may co-occur)
+and ``regression``. Classification takes 3D inputs, or single slices when ``roi_size`` has two values.
+
+Random numbers: every epoch starts from a state derived from ``(seed, epoch)`` (python ``random``,
+numpy, torch, the augmentation transforms and the loader's shuffling), so a run resumed after
+epoch N continues with exactly the random stream an uninterrupted run would have used.
+
 Files in the output folder while training: ``split.json`` (written first), ``checkpoint_last.pt``
 (model, optimiser, schedule and history after every epoch; read back with ``weights_only=True``),
 ``model.pt`` (the best weights so far) and, at the end, the card ``medai.json``.
@@ -10,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -29,7 +38,7 @@ from .split import load_split, save_split, split_cases
 
 log = logging.getLogger(__name__)
 
-METRIC_NAMES = {"segmentation": "dice", "classification": "accuracy", "regression": "mae"}
+METRIC_NAMES = {"segmentation": "dice", "classification": "accuracy", "multilabel": "label_accuracy", "regression": "mae"}
 
 
 @dataclass
@@ -59,7 +68,7 @@ class TrainConfig:
     amp: bool = True
     cache_fraction: float = 0.5  # of the memory available when training starts
     crop_foreground: bool = False
-    denoise: str | None = None
+    denoise: str | None = None  # "gaussian" or "median": written into the card as a ``denoise`` intensity op
     finetune_from: str | None = None
     finetune_lr_factor: float = 0.1
     resume: bool = False
@@ -141,8 +150,6 @@ class LoadCased(_load_cased_base()):
         case: Case = item["case"]
         label = case.load_label() if self.task == "segmentation" else None
         x, y, _ = preprocess(case.load_volumes(), self.prep, label, self.channels, case.id)
-        if len(self.prep.resize or []) == 2:
-            x = x[..., 0]
         out = {"image": x, "id": case.id}
         if self.task == "segmentation":
             if y is None:
@@ -153,6 +160,26 @@ class LoadCased(_load_cased_base()):
         return out
 
 
+def with_denoise(ops: list[dict], method: str | None) -> list[dict]:
+    """``ops`` with a ``denoise`` op first (before normalisation), unless ``method`` is None or one is already there."""
+    if not method or any(op.get("op") == "denoise" for op in ops):
+        return list(ops)
+    if method not in ("gaussian", "median"):
+        raise DataError(f"denoise {method!r} unknown; use gaussian or median")
+    op = {"op": "denoise", "method": method, **({"sigma": 0.75} if method == "gaussian" else {"size": 3})}
+    return [op, *ops]
+
+
+def _seed_epoch(seed: int, epoch: int, transforms, generator: torch.Generator) -> None:
+    """Every random-number source training uses, set from ``(seed, epoch)`` alone (see the module docstring)."""
+    s = (seed * 1_000_003 + epoch) % (2**32)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+    transforms.set_random_state(seed=s)
+    generator.manual_seed(s)
+
+
 def _loss(task: str, num_outputs: int):
     from monai.losses import DiceCELoss
 
@@ -160,6 +187,8 @@ def _loss(task: str, num_outputs: int):
         return DiceCELoss(to_onehot_y=True, softmax=True)
     if task == "classification":
         return torch.nn.CrossEntropyLoss()
+    if task == "multilabel":
+        return torch.nn.BCEWithLogitsLoss()
     return lambda out, y: torch.nn.functional.mse_loss(out[:, 0], y)
 
 
@@ -194,7 +223,9 @@ def _validate(net, items: list[dict], task: str, roi: list[int], overlap: float,
                 else:
                     out = net(x)
             out = torch.as_tensor(out).float().cpu()
-            if task == "segmentation":
+            if task == "multilabel":
+                scores.append(float(((torch.sigmoid(out[0]) > 0.5).float() == item["label"]).float().mean()))
+            elif task == "segmentation":
                 pred = out.argmax(1)[0].numpy()
                 ref = np.asarray(item["label"][0])
                 scores.append(np.mean([dice(pred == v, ref == v) for v in num_labels]))
@@ -202,7 +233,7 @@ def _validate(net, items: list[dict], task: str, roi: list[int], overlap: float,
                 outputs.append(out[0])
                 y_true.append(float(item["label"]))
     net.train()
-    if task == "segmentation":
+    if task in ("segmentation", "multilabel"):
         return float(np.mean(scores))
     if task == "classification":
         probs = torch.softmax(torch.stack(outputs), 1).numpy()
@@ -217,6 +248,7 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
     from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
     from monai.utils import set_determinism
 
+    from ..fetch import sha256_of
     from .export import write_card
 
     out_dir = Path(out_dir)
@@ -227,30 +259,35 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
     if task != data.task:
         raise DataError(f"the data is for {data.task}, but --task {task} was asked for")
     if task not in METRIC_NAMES:
-        raise DataError(f"task {task!r} cannot be trained; use segmentation, classification or regression")
+        raise DataError(f"task {task!r} cannot be trained; use segmentation, classification, multilabel or regression")
     device = resolve_device(config.device)
     set_determinism(seed=config.seed)
     lr = config.lr
-    prep = Preprocessing(config.orientation, config.spacing, list(config.intensity if config.intensity is not None else [{"op": "nonzero_zscore"}]),
-                         crop_foreground=config.crop_foreground, denoise=config.denoise)
+    ops = list(config.intensity if config.intensity is not None else [{"op": "nonzero_zscore"}])
+    prep = Preprocessing(config.orientation, config.spacing, with_denoise(ops, config.denoise), crop_foreground=config.crop_foreground)
     roi = list(config.roi_size or ([96, 96, 96] if task == "segmentation" else [64, 64, 64]))
     channels = max(1, len(data.modalities))
     if task == "segmentation":
         out_channels = max(data.labels) + 1 if data.labels else 2
     else:
-        out_channels = len(data.classes) if task == "classification" else 1
+        out_channels = len(data.classes) if task in ("classification", "multilabel") else 1
     net_cfg = network_config(config.network, task, len(roi), channels, out_channels, config.network_args)
-    init_state = None
+    init_state, parent = None, None
     if config.finetune_from:
         base = load_model(config.finetune_from, "cpu")
         stage = base.card.stages[-1]
         if base.card.task != task or stage.network is None:
             raise DataError(f"--from {config.finetune_from}: a {base.card.task} model (or TorchScript) cannot be fine-tuned for {task}; give a {task} model card")
         net_cfg = dict(stage.network)
-        prep = Preprocessing(stage.orientation, stage.spacing, list(stage.intensity), crop_foreground=config.crop_foreground, denoise=config.denoise)
+        prep = Preprocessing(stage.orientation, stage.spacing, with_denoise(list(stage.intensity), config.denoise),
+                             crop_foreground=config.crop_foreground)
         roi = list(config.roi_size or stage.roi_size or roi)
         init_state = base.networks[-1].state_dict()
         lr = config.lr * config.finetune_lr_factor
+        weights = base.card.weights_path(stage)
+        parent = {"name": base.card.name, "card": str(base.card.root / "medai.json"),
+                  "sha256": stage.sha256 or (sha256_of(weights) if weights is not None and weights.exists() else None),
+                  "lr_factor": config.finetune_lr_factor}
         log.info("fine-tuning %s with learning rate %.2g", base.card.name, lr)
     if task != "segmentation":
         prep.resize = roi
@@ -316,14 +353,13 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
     else:
         sampling, keys = [], ["image"]
     train_tf = Compose([loader_t, *sampling, *augment.random_transforms(config.augmentation, keys, roi)])
-    train_tf.set_random_state(seed=config.seed)
     train_ds = CacheDataset([{"case": c} for c in train_cases], train_tf, cache_rate=cache_rate, num_workers=0, progress=False)
     val_items = [loader_t({"case": c}) for c in val_cases]
     per_case = config.samples_per_case if task == "segmentation" else 1
     batch = config.batch_size if task == "segmentation" else max(1, config.batch_size)
+    generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(train_ds, batch_size=max(1, batch // per_case) if task == "segmentation" else batch, shuffle=True,
-                        num_workers=0, collate_fn=list_data_collate,
-                        generator=torch.Generator().manual_seed(config.seed))
+                        num_workers=0, collate_fn=list_data_collate, generator=generator)
     steps = config.steps_per_epoch or len(loader)
     label_values = sorted(data.labels) or [1]
     log.info("cached %d training and %d validation case(s) in %.1f s", len(train_cases), len(val_items), time.perf_counter() - start)
@@ -335,6 +371,7 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             epoch_start, losses, n_samples, step = time.perf_counter(), [], 0, 0
+            _seed_epoch(config.seed, epoch, train_tf, generator)
             while step < steps:
                 for batch_data in loader:
                     cancel.check()
@@ -397,8 +434,10 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
     if (out_dir / "model.pt").exists():
         card_path = write_card(out_dir, data=data, config=config, network=net_cfg, prep=prep, roi=roi, split=split,
                                history=history, best_metric=best_metric, best_epoch=best_epoch, metric_name=metric_name,
-                               stopped=stopped, lr=lr)
-        if stopped != "cancelled" and config.evaluate_test and split.get("test"):
+                               stopped=stopped, lr=lr, parent=parent)
+        if task == "multilabel" and config.evaluate_test and split.get("test"):
+            log.warning("multi-label models are not evaluated on the test cases yet; use `medai classify` on them")
+        elif stopped != "cancelled" and config.evaluate_test and split.get("test"):
             from ..evaluate import evaluate_model
 
             callback(TrainEvent("test", epoch, config.epochs, steps, steps, None, metric_name, None, best_metric, best_epoch))
@@ -406,7 +445,7 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
             test_summary = report.summary
             write_card(out_dir, data=data, config=config, network=net_cfg, prep=prep, roi=roi, split=split, history=history,
                        best_metric=best_metric, best_epoch=best_epoch, metric_name=metric_name, stopped=stopped, lr=lr,
-                       test=report.card_metrics())
+                       test=report.card_metrics(), parent=parent)
     try:
         from ..plots import training_curves
 
