@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-WORK=${MEDAI_TRAIN_WORK:-$(mktemp -d -t medai-train-XXXX)}
+WORK=${MEDAI_TRAIN_WORK:-.cache/medai-train-data}  # inside the checkout (ignored), so cards record a stable relative path
 echo "building the derived MNI152 datasets in $WORK"
 $PY - "$WORK" <<'PYEOF'
 import sys
