@@ -395,12 +395,16 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
             if explain:
                 with progress.stage(f"{ref.name}: explain ({METHOD_TITLES[method]})", 0.5 * weight):
                     cls = target if target is not None else (int(np.argmax(scores)) if spec.task != "regression" else 0)
+                    progress.cancel.check()  # a cancel from the progress callback at this stage's start stops here
                     try:
-                        heat = explain_heatmap(net, prep.x, cls, method, lambda t: apply_activation(t, spec.activation), spec.layer)
+                        heat = explain_heatmap(net, prep.x, cls, method, lambda t: apply_activation(t, spec.activation), spec.layer,
+                                               step=progress.update)  # occlusion: progress + cancel check per batch
                     except ExplainUnavailable as exc:
-                        if f"{exc}" not in result.warnings:
-                            result.warnings.append(f"{model.name}: no heatmap: {exc}")
+                        note = f"{model.name}: no heatmap: {exc}"
+                        if note not in result.warnings:
+                            result.warnings.append(note)
                         heat = None
+                    progress.cancel.check()
                     if heat is not None:
                         full = np.zeros(ref.shape_ijk, dtype=np.float32)
                         full[box] = prep.back(heat)

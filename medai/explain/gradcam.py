@@ -7,6 +7,7 @@ Every method returns a heatmap on the network input's spatial grid, scaled to [0
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Callable
 
@@ -64,28 +65,61 @@ def gradcam(net: torch.nn.Module, x: torch.Tensor, class_index: int, layer: str 
     return _normalise(heat[0, 0].detach().float().cpu().numpy())
 
 
+class _SteppedNetwork(torch.nn.Module):
+    """Runs ``net`` and calls ``step(fraction done)`` before each batch: progress and cancellation inside occlusion."""
+
+    def __init__(self, net: torch.nn.Module, step: Callable[[float], None], batches: int) -> None:
+        super().__init__()
+        self.net, self.step, self.batches, self.calls = net, step, max(1, batches), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.step(min(1.0, self.calls / self.batches))  # raises Cancelled when the job was cancelled
+        self.calls += 1
+        return self.net(x)
+
+
+def occlusion_batches(spatial: tuple[int, ...], mask_size: int, n_batch: int, overlap: float = 0.25) -> int:
+    """About how many network calls occlusion makes: MONAI's sliding-window count over ``spatial``, ``n_batch`` at a time."""
+    windows = 1
+    for s in spatial:
+        m = min(mask_size, s)
+        interval = max(1, int(m * (1 - overlap)))
+        windows *= 1 if m == s else math.ceil((s - m) / interval) + 1
+    return math.ceil(windows / max(1, n_batch))
+
+
 def occlusion(net: torch.nn.Module, x: torch.Tensor, class_index: int, activate: Callable[[torch.Tensor], torch.Tensor],
-              mask_size: int | None = None, n_batch: int = 8) -> np.ndarray:
-    """Occlusion sensitivity: how much the class score drops when each neighbourhood is blurred away. Slow."""
+              mask_size: int | None = None, n_batch: int = 8, step: Callable[[float], None] | None = None) -> np.ndarray:
+    """Occlusion sensitivity: how much the class score drops when each neighbourhood is blurred away. Slow.
+
+    ``step(fraction)`` is called before every batch of occluded inputs; it may raise (e.g.
+    :class:`~medai.engine.progress.Cancelled`) to stop the run there.
+    """
     from monai.visualize import OcclusionSensitivity
 
-    spatial = x.shape[2:]
+    spatial = tuple(int(s) for s in x.shape[2:])
     size = mask_size or max(2, min(spatial) // 4)
     if getattr(net, "is_onnx", False) and isinstance(net.input_shape[0], int):
         n_batch = 1  # fixed batch dimension in the graph
-    occ = OcclusionSensitivity(nn_module=net, mask_size=size, n_batch=n_batch, verbose=False, activate=activate, overlap=0.25)
     with torch.no_grad():
         base = activate(net(x).float())[0, class_index]
+    module = net if step is None else _SteppedNetwork(net, step, occlusion_batches(spatial, size, n_batch))
+    occ = OcclusionSensitivity(nn_module=module, mask_size=size, n_batch=n_batch, verbose=False, activate=activate, overlap=0.25)
+    with torch.no_grad():
         sens, _ = occ(x)
     heat = base - sens[0, class_index].float()
     return _normalise(heat.detach().cpu().numpy())
 
 
 def explain(net: torch.nn.Module, x: torch.Tensor, class_index: int, method: str, activate: Callable[[torch.Tensor], torch.Tensor],
-            layer: str | None = None) -> np.ndarray:
-    """Dispatch to the chosen method; ``x`` is the exact network input ``(1, C, *S)``."""
+            layer: str | None = None, step: Callable[[float], None] | None = None) -> np.ndarray:
+    """Dispatch to the chosen method; ``x`` is the exact network input ``(1, C, *S)``.
+
+    ``step(fraction)`` reports progress (and may raise to cancel) between occlusion batches;
+    Grad-CAM is one forward and backward pass, checked by the caller before and after.
+    """
     if method not in METHODS:
         raise ValueError(f"explanation method {method!r} unknown; use one of {', '.join(METHODS)}")
     if method == "occlusion":
-        return occlusion(net, x, class_index, activate)
+        return occlusion(net, x, class_index, activate, step=step)
     return gradcam(net, x, class_index, layer, plus=method == "gradcam++")
