@@ -398,7 +398,8 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
                     progress.cancel.check()  # a cancel from the progress callback at this stage's start stops here
                     try:
                         heat = explain_heatmap(net, prep.x, cls, method, lambda t: apply_activation(t, spec.activation), spec.layer,
-                                               step=progress.update)  # occlusion: progress + cancel check per batch
+                                               step=progress.update,  # occlusion: progress + cancel check per batch
+                                               one_output=logits.shape[1] == 1 and len(spec.names) == 2)
                     except ExplainUnavailable as exc:
                         note = f"{model.name}: no heatmap: {exc}"
                         if note not in result.warnings:
