@@ -377,7 +377,7 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
                 x = _case_input(model, spec, case_volumes)
                 box = _crop_box(mask, margin) if mask is not None else tuple(slice(0, n) for n in x.shape[1:])
                 x = x[(slice(None), *box)]
-                affine = ref.ijk_to_ras.copy()
+                affine = ref.ijk_to_ras.copy()  # the crop box's IJK-to-RAS
                 affine[:3, 3] = affine[:3, :3] @ np.array([b.start for b in box]) + affine[:3, 3]
                 prep = (_prepare_bundle(model, spec, x, affine, ref.name) if model.kind == "bundle"
                         else _prepare_card(model, spec, x, affine, mask is not None, ref.name))
@@ -411,10 +411,15 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
                         full[box] = prep.back(heat)
                         case.heatmap, case.heatmap_class = np.ascontiguousarray(full.transpose(2, 1, 0)), cls
             with progress.stage(f"{ref.name}: localize", 0.1 * weight):
-                if case.heatmap is not None:
-                    case.findings += hot_spots(case.heatmap, ref.ijk_to_ras, ref.name, hotspot_threshold)
+                # the heatmap is zero outside the crop box, and the box holds the whole region: search the box only
+                # (same findings, in RAS through the box's affine; seconds faster on a whole-head volume)
+                box_kji = tuple(reversed(box))
+                heat_box = case.heatmap[box_kji] if case.heatmap is not None else None
+                if heat_box is not None:
+                    case.findings += (hot_spots(heat_box, affine, ref.name, hotspot_threshold) if hotspot_threshold > 0
+                                      else hot_spots(case.heatmap, ref.ijk_to_ras, ref.name, hotspot_threshold))
                 if mask is not None and region is not None and region.metadata.get("kind", "segment") == "segment":
-                    case.findings += region_components(mask, case.heatmap, ref.ijk_to_ras, ref.name, region.name)
+                    case.findings += region_components(mask[box_kji], heat_box, affine, ref.name, region.name)
     progress.done()
     result.timings = dict(progress.timings)
     return result
