@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import slicer
 
+from medai.engine.classify import region_margin
 from medai.io import read_image
+from medai.models.card import ModelCardError
+from medai.models.loader import load_model
 from medai.slicer.classify_logic import ClassifyLogic
 from medai.slicer.scene import node_ijk_to_ras, volume_node_from_volume
 
@@ -39,13 +42,25 @@ def test_tissue_patch_classifier_on_mni_t1(scene, mni_files, ras, tissue, expect
     case = res.cases[0]
     assert res.predicted_names(case) == [expected], f"{ras}: scores {dict(zip(res.class_names, case.scores.round(3)))}"
     assert out.table_node.GetAttribute("MedAI.PredictedClass") == expected
-    # heatmap on the input grid, non-zero only in the ROI's box (grown by the crop margin), peaking near the point
+    # heatmap on the input grid, non-zero only in the ROI's box (the card's region_margin is 0), peaking near the point
     heat = out.heatmap_node
     assert heat.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
     np.testing.assert_allclose(node_ijk_to_ras(heat), node_ijk_to_ras(node), atol=1e-9)
     arr = slicer.util.arrayFromVolume(heat)
     assert arr.max() == pytest.approx(1.0)
     lit = np.argwhere(arr > 0)
-    assert np.all(np.abs(lit - np.array(kji)) <= 8 + 2 + 1), "heatmap lit outside the ROI's box"
+    assert np.all(np.abs(lit - np.array(kji)) <= 8), "heatmap lit outside the ROI's box: was a margin added?"
     spots = [f for f in res.findings if f.kind == "hot spot"]
     assert spots and np.linalg.norm(np.array(spots[0].position_ras) - np.array(ras)) < 12.0
+
+
+def test_region_margin_comes_from_the_card(tmp_path):
+    from classify_helpers import keras_pneumonia_card
+
+    assert region_margin(load_model(MODEL, "cpu")) == 0.0  # a patch classifier: the region's box is the whole patch
+    card = keras_pneumonia_card(tmp_path / "cnn")
+    assert region_margin(load_model(card, "cpu")) == 0.1 and region_margin(load_model(card, "cpu"), 0.3) == 0.3
+    raw = card.read_text().replace('"activation": "sigmoid"', '"activation": "sigmoid", "region_margin": "wide"')
+    (tmp_path / "cnn" / "bad.json").write_text(raw)
+    with pytest.raises(ModelCardError, match="region_margin"):
+        region_margin(load_model(tmp_path / "cnn" / "bad.json", "cpu"))

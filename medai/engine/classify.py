@@ -219,13 +219,13 @@ def region_on_grid(region: Volume, ref: Volume) -> np.ndarray:
 
 
 def _crop_box(mask_kji: np.ndarray, margin: float) -> tuple[slice, slice, slice]:
-    """(I, J, K) slices around the mask, grown by ``margin`` of its size on each side (at least 2 voxels)."""
+    """(I, J, K) slices around the mask, grown by ``margin`` of its size on each side (at least 2 voxels; none for 0)."""
     box = bounding_box(mask_kji)
     assert box is not None
     out = []
     for sl, n in zip(reversed(box), reversed(mask_kji.shape)):  # k, j, i -> i, j, k
         size = sl.stop - sl.start
-        grow = 0 if n == 1 else max(2, int(round(size * margin)))
+        grow = 0 if n == 1 or margin <= 0 else max(2, int(round(size * margin)))
         out.append(slice(max(0, sl.start - grow), min(n, sl.stop + grow)))
     return tuple(out)  # type: ignore[return-value]
 
@@ -350,19 +350,39 @@ def _predicted(spec: OutputSpec, scores: np.ndarray) -> list[int]:
     return [int(np.argmax(scores))]
 
 
+def region_margin(model: LoadedModel, margin: float | None = None) -> float:
+    """The crop margin around a region: ``margin`` when given, else the card's ``inference.region_margin``, else 0.1.
+
+    Patch classifiers (trained on fixed-size patches, e.g. mni-tissue-patch-resnet) set 0 in their
+    card: the region's box is then the network's whole field of view, as in training.
+    """
+    if margin is None:
+        inference = model.card.raw.get("inference", {}) if model.kind != "bundle" else {}
+        margin = inference.get("region_margin", 0.1) if isinstance(inference, dict) else 0.1
+    try:
+        value = float(margin)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0.0 <= value <= 10.0:
+        raise ModelCardError(f"model {model.name}: region margin {margin!r} is not a fraction of the region's size between 0 and 10; "
+                             "fix inference.region_margin in its card (e.g. 0.1, or 0 for patch classifiers)")
+    return value
+
+
 def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = None, explain: bool = True,
              target_class: int | str | None = None, method: str = "gradcam", callback: ProgressCallback | None = None,
-             cancel: CancelToken | None = None, margin: float = 0.1, hotspot_threshold: float = 0.5) -> ClassificationResult:
+             cancel: CancelToken | None = None, margin: float | None = None, hotspot_threshold: float = 0.5) -> ClassificationResult:
     """Classify ``volumes`` (one case, or a cohort of one case per volume) with a loaded model.
 
     ``region`` (a mask volume on any grid) restricts each case to the region's box grown by
-    ``margin``; its connected components are listed as findings. With ``explain`` the heatmap
+    ``margin`` (default: :func:`region_margin` of the card); its connected components are listed as findings. With ``explain`` the heatmap
     of ``target_class`` (default: the predicted class) is put on each case's input grid and its
     hot spots become findings. Nothing is written anywhere; errors are raised before any output.
     """
     if method not in METHODS:
         raise ValueError(f"explanation method {method!r} unknown; use one of {', '.join(METHODS)}")
     spec = output_spec(model)
+    margin = region_margin(model, margin)
     target = _resolve_target(target_class, spec, model.name)
     cases = group_cases(volumes, spec.channels, model.name)
     masks = [region_on_grid(region, case[0]) if region is not None else None for case in cases]  # validate all first
