@@ -126,3 +126,25 @@ def test_png_radiograph_through_the_cli(tmp_path):
         assert read_image(path).array.shape == volume.array.shape
     np.testing.assert_array_equal(read_image(tmp_path / f"heat_{rows[0]['predicted']}.nrrd").array, heat.array)  # default: predicted
     assert not np.allclose(read_image(tmp_path / "heat_pneumonia.nrrd").array, read_image(tmp_path / "heat_normal.nrrd").array)
+
+
+def test_one_output_onnx_with_fixed_batch_explains_both_classes_by_occlusion(tmp_path):
+    eager_card = keras_pneumonia_card(tmp_path / "eager", seed=3)
+    net = build_network(KERAS_PNEUMONIA_CNN, "test")
+    net.load_state_dict(torch.load(tmp_path / "eager" / "model.pt", weights_only=True))
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
+    torch.onnx.export(net.eval(), (torch.zeros(1, 1, 64, 64),), str(onnx_dir / "model.onnx"), dynamo=False,
+                      input_names=["image"], output_names=["logit"])  # batch fixed at 1: occlusion must go one by one
+    raw = json.loads(eager_card.read_text())
+    for key in ("network", "weights", "name"):
+        raw.pop(key)
+    (onnx_dir / "model.json").write_text(json.dumps(raw))
+    model, eager = load_model(onnx_dir / "model.onnx", "cpu"), load_model(eager_card, "cpu")
+    assert model.networks[0].input_shape[0] == 1
+    for cls in ("normal", "pneumonia"):
+        got = classify(model, [_radiograph()], explain=True, method="occlusion", target_class=cls).cases[0]
+        want = classify(eager, [_radiograph()], explain=True, method="occlusion", target_class=cls).cases[0]
+        assert got.heatmap_class == ["normal", "pneumonia"].index(cls) and got.heatmap.shape == _radiograph().array.shape
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got.heatmap, want.heatmap, atol=1e-3)

@@ -375,9 +375,11 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
     """Classify ``volumes`` (one case, or a cohort of one case per volume) with a loaded model.
 
     ``region`` (a mask volume on any grid) restricts each case to the region's box grown by
-    ``margin`` (default: :func:`region_margin` of the card); its connected components are listed as findings. With ``explain`` the heatmap
-    of ``target_class`` (default: the predicted class) is put on each case's input grid and its
-    hot spots become findings. Nothing is written anywhere; errors are raised before any output.
+    ``margin`` (default: the card's, see :func:`region_margin`); its connected components are
+    listed as findings. With ``explain`` the heatmap of ``target_class`` (default: the predicted
+    class) is put on each case's input grid and its hot spots become findings. ``cancel`` (or a
+    cancel from ``callback``) raises ``Cancelled`` between stages and cases, around the
+    explanation and between occlusion batches. Nothing is written anywhere; errors are raised before any output.
     """
     if method not in METHODS:
         raise ValueError(f"explanation method {method!r} unknown; use one of {', '.join(METHODS)}")

@@ -128,7 +128,8 @@ def occlusion(net: torch.nn.Module, x: torch.Tensor, class_index: int, activate:
 
     spatial = tuple(int(s) for s in x.shape[2:])
     size = mask_size or max(2, min(spatial) // 4)
-    if getattr(net, "is_onnx", False) and isinstance(net.input_shape[0], int):
+    onnx = next((m for m in net.modules() if getattr(m, "is_onnx", False)), None)  # also inside TwoFromOne
+    if onnx is not None and isinstance(onnx.input_shape[0], int):
         n_batch = 1  # fixed batch dimension in the graph
     with torch.no_grad():
         base = activate(net(x).float())[0, class_index]
