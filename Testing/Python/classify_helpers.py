@@ -12,13 +12,25 @@ from medai.models.card import parse_card
 from medai.models.loader import LoadedModel
 
 
-def write_card(folder: Path, network: dict, card: dict, seed: int = 0, name: str = "medai.json") -> Path:
-    """Build ``network`` with fresh weights (seeded), save them, and write a card using them."""
+def write_card(folder: Path, network: dict, card: dict, seed: int = 0, name: str = "medai.json",
+               calibrate: tuple[int, ...] | None = None) -> Path:
+    """Build ``network`` with fresh weights (seeded), save them, and write a card using them.
+
+    ``calibrate`` (an input shape ``(B, C, *S)``): run a few training-mode passes on random
+    inputs first, so batch-norm running statistics are real ones. Deep fresh nets such as
+    EfficientNet otherwise shrink every activation to ~1e-13 in eval mode (all scores equal).
+    """
     from medai.models.loader import build_network
 
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     net = build_network(network, "test")
+    if calibrate is not None:
+        net.train()
+        with torch.no_grad():
+            for _ in range(3):
+                net(torch.randn(*calibrate))
+        net.eval()
     torch.save(net.state_dict(), folder / "model.pt")
     raw = {"schema": "medai.card/1", "name": folder.name, "network": network, "weights": "model.pt", **card}
     path = folder / name
@@ -33,6 +45,14 @@ KERAS_PNEUMONIA_CNN = {  # the classic Keras example: one conv layer, flatten, d
     "_target_": "monai.networks.nets.Classifier", "in_shape": [1, 64, 64], "classes": 1, "channels": [8], "strides": [2],
     "num_res_units": 0, "last_act": None,
 }
+
+
+def keras_pneumonia_card(folder: Path, mode: str = "resize", seed: int = 0) -> Path:
+    """The Keras-pneumonia-style 2D card: grey 0..255 radiograph -> 64x64 -> one sigmoid output, classes normal/pneumonia."""
+    return write_card(folder, KERAS_PNEUMONIA_CNN, {
+        "task": "classification", "inputs": [{"name": "CXR"}], "classes": ["normal", "pneumonia"],
+        "preprocessing": {"intensity": [{"op": "scale_range", "a_min": 0, "a_max": 255}]},
+        "inference": {"mode": mode, "roi_size": [64, 64], "activation": "sigmoid"}}, seed=seed)
 
 
 class MaskedEvidenceNet(torch.nn.Module):
