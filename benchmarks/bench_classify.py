@@ -48,7 +48,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = parser.parse_args()
+    args, _ = parser.parse_known_args()  # run.sh passes the same flags to every benchmark
     if args.threads:
         torch.set_num_threads(args.threads)
     from monai.networks.nets import DenseNet121

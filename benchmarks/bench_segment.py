@@ -163,7 +163,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="smaller volume, one repeat")
-    args = parser.parse_args()
+    args, _ = parser.parse_known_args()  # run.sh passes the same flags to every benchmark
     torch.set_num_threads(max(1, torch.get_num_threads()))
     repeats = 1 if args.quick else 3
     shape = (64, 96, 96) if args.quick else (128, 160, 160)

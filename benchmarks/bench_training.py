@@ -23,18 +23,18 @@ EPOCHS, STEPS, ROI, SAMPLES, CASES_PER_STEP = 6, 4, [32, 32, 8], 4, 2
 NET = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
 
 
-def medai_loop(data, out: Path) -> float:
+def medai_loop(data, out: Path, device: str) -> float:
     from medai.training import TrainConfig, train
 
     cfg = TrainConfig(network="unet", network_args=NET, epochs=EPOCHS, roi_size=ROI, spacing=[2.0, 2.0, 2.0],
                       intensity=[{"op": "percentile_scale", "lower": 0.5, "upper": 99.5}], samples_per_case=SAMPLES,
-                      batch_size=SAMPLES * CASES_PER_STEP, steps_per_epoch=STEPS, device="cpu", val_every=10_000,
+                      batch_size=SAMPLES * CASES_PER_STEP, steps_per_epoch=STEPS, device=device, val_every=10_000,
                       split=(1.0, 0.0, 0.0), evaluate_test=False, warmup_epochs=0)
     result = train(data, out, cfg)
     return statistics.median(r["samples_per_s"] for r in result.history[1:])
 
 
-def hand_loop(folder: Path) -> float:
+def hand_loop(folder: Path, device: str) -> float:
     import json
 
     from monai import transforms as T
@@ -65,7 +65,9 @@ def hand_loop(folder: Path) -> float:
     ds = CacheDataset(items, T.Compose(deterministic + rand), cache_rate=1.0, num_workers=0, progress=False)
     loader = DataLoader(ds, batch_size=CASES_PER_STEP, shuffle=True, num_workers=0, collate_fn=list_data_collate)
     torch.manual_seed(0)
-    net = UNet(spatial_dims=3, in_channels=1, out_channels=3, norm="INSTANCE", **NET)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    net = UNet(spatial_dims=3, in_channels=1, out_channels=3, norm="INSTANCE", **NET).to(dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-5)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     rates = []
@@ -74,9 +76,11 @@ def hand_loop(folder: Path) -> float:
         while step < STEPS:
             for batch in loader:
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(net(batch["image"]), batch["label"])
-                loss.backward()
-                opt.step()
+                with torch.autocast("cuda", enabled=dev.type == "cuda"):
+                    loss = loss_fn(net(batch["image"].to(dev)), batch["label"].to(dev))
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 n += batch["image"].shape[0]
                 step += 1
                 if step >= STEPS:
@@ -86,7 +90,12 @@ def hand_loop(folder: Path) -> float:
 
 
 def main() -> None:
+    import argparse
     import logging
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (both loops use it; AMP on CUDA)")
+    args, _ = parser.parse_known_args()
 
     logging.disable(logging.WARNING)
     torch.set_num_threads(2)
@@ -100,15 +109,15 @@ def main() -> None:
         for c in data.cases:
             c.split = None  # all cases train in both loops
         t0 = time.perf_counter()
-        hand = hand_loop(folder)
+        hand = hand_loop(folder, args.device)
         t1 = time.perf_counter()
-        ours = medai_loop(data, Path(tmp) / "model")
+        ours = medai_loop(data, Path(tmp) / "model", args.device)
         t2 = time.perf_counter()
     print(f"{'loop':<28}{'samples/s':>12}{'wall s':>9}")
     print(f"{'MONAI by hand':<28}{hand:>12.1f}{t1 - t0:>9.1f}")
     print(f"{'medai train (Trainer)':<28}{ours:>12.1f}{t2 - t1:>9.1f}")
     print(f"ratio medai / hand: {ours / hand:.2f} ({EPOCHS} epochs x {STEPS} steps of {SAMPLES * CASES_PER_STEP} patches {ROI}, "
-          f"{torch.get_num_threads()} threads, CPU)")
+          f"{torch.get_num_threads()} threads, {args.device})")
 
 
 if __name__ == "__main__":
