@@ -29,15 +29,7 @@ $PY -m medai.cli train --data "$WORK/tissue-patches/patches.csv" --task classifi
   --roi 16,16,16 --intensity '[{"op": "scale_range", "a_min": 0, "a_max": 255, "b_min": 0, "b_max": 1}]' \
   --epochs 60 --batch-size 32 --lr 3e-3 --val-every 2 --patience 10 --seed 0 --device cpu \
   --data-note "Labels DERIVED from the MNI152 2009a GM/WM probability maps (threshold 0.5) at each patch's centre voxel, not manual; all patches come from one template brain, train/validation/test from separate axial slabs." \
-  --name mni-tissue-patch-resnet -o Resources/Models/mni-tissue-patch-resnet
-# a patch classifier's field of view is the patch: a region given at inference is cropped without a margin
-$PY - <<'PYEOF'
-import json, pathlib
-card = pathlib.Path("Resources/Models/mni-tissue-patch-resnet/medai.json")
-raw = json.loads(card.read_text())
-raw["inference"]["region_margin"] = 0
-card.write_text(json.dumps(raw, indent=1))
-PYEOF
+  --region-margin 0 --name mni-tissue-patch-resnet -o Resources/Models/mni-tissue-patch-resnet
 # keep only what a catalog entry needs (card, weights, split, curves, test report)
 for m in mni-tissue-unet mni-tissue-patch-resnet; do rm -f Resources/Models/$m/checkpoint_last.pt; done
 echo "done; models in Resources/Models/ (catalog entries: Resources/Catalog/models.d/trained.json)"

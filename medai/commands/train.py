@@ -38,6 +38,8 @@ def register(sub) -> None:
     p.add_argument("--split", default="0.7,0.15,0.15", help="train,validation,test fractions when the data gives no split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop-foreground", action="store_true", help="training only: crop cases to the labelled region plus a margin")
+    p.add_argument("--region-margin", type=float, default=None,
+                   help="classification: margin added around a region at inference, as a fraction of its size (0 for patch classifiers)")
     p.add_argument("--denoise", choices=["median", "gaussian"], default=None, help="denoise inputs before normalisation; written into the card, so inference does the same")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint_last.pt")
     p.add_argument("--data-note", default=None, help="a sentence about the data for the card (e.g. that labels are derived)")
@@ -78,6 +80,7 @@ def run(args) -> int:
         augmentation=[] if args.augment == "none" else (args.augment.split(",") if args.augment else TrainConfig().augmentation),
         device=args.device, amp=not args.no_amp, crop_foreground=args.crop_foreground, denoise=args.denoise,
         finetune_from=args.finetune_from, resume=args.resume, name=args.name, evaluate_test=not args.no_test,
+        region_margin=args.region_margin,
     )
     print(f"training {network} for {args.task} on {len(data.cases)} case(s) from {args.data}", file=sys.stderr)
     start = time.perf_counter()

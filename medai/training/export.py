@@ -113,6 +113,8 @@ def write_card(out_dir: Path, *, data: TrainingData, config, network: dict, prep
         card["inference"] = {"mode": "resize", "roi_size": roi, "activation": activation}
         if task == "multilabel":
             card["inference"]["threshold"] = 0.5
+        if config.region_margin is not None:
+            card["inference"]["region_margin"] = config.region_margin
         if task in ("classification", "multilabel"):
             card["classes"] = list(data.classes)
     training_prep = {"crop_foreground": prep.crop_foreground}

@@ -73,6 +73,7 @@ class TrainConfig:
     finetune_lr_factor: float = 0.1
     resume: bool = False
     name: str | None = None
+    region_margin: float | None = None  # classification: margin around a region at inference (card inference.region_margin)
     overlap: float = 0.25
     evaluate_test: bool = True
 
