@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -72,7 +73,11 @@ def test_demo_writes_scene_segmentation_overlay_and_report(tmp_path, mni_files):
 
 
 def test_demo_command_prints_where_files_are(tmp_path, mni_files):
-    proc = subprocess.run([sys.executable, "-m", "medai.cli", "demo", "-o", str(tmp_path), "--device", "cpu"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    """As a newcomer runs it: a relative output folder (``-o out``) from the working folder."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "medai.cli", "demo", "-o", "out", "--device", "cpu"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert str(tmp_path / "demo.mrb") in proc.stdout and "brain" in proc.stdout
+    assert "out/demo.mrb" in proc.stdout and "brain" in proc.stdout
+    with zipfile.ZipFile(tmp_path / "out" / "demo.mrb") as z:
+        assert any(n.endswith(".mrml") for n in z.namelist())

@@ -147,7 +147,10 @@ def segment_array(seg_node, segment_id: str, reference_node) -> np.ndarray:
 
 
 def save_scene_bundle(scene, path: str) -> None:
-    """Write the scene as a Slicer data bundle (``.mrb``)."""
+    """Write the scene as a Slicer data bundle (``.mrb``); relative paths are taken from the working folder."""
+    from pathlib import Path
+
+    path = Path(path).resolve()  # Slicer's bundle writer refuses relative paths
     if not scene.WriteToMRB(str(path)):
         raise OSError(f"could not write the scene bundle {path}")
 
