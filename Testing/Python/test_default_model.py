@@ -70,6 +70,17 @@ def test_demo_writes_scene_segmentation_overlay_and_report(tmp_path, mni_files):
     text = (tmp_path / "report.md").read_text()
     assert "inference" in text and "mL" in text and "grey+white matter covered" in text
     assert report["check"]["mask volume plausible"] is True
+    # the bundle opens again as a scene: the volume and the segmentation with its named segment
+    from medai.slicer.headless import make_headless_slicer
+    import slicer
+
+    scene = make_headless_slicer()
+    assert scene.ReadFromMRB(files["scene"])
+    seg = scene.GetNodesByClass("vtkMRMLSegmentationNode").GetItemAsObject(0)
+    volume = scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetItemAsObject(0)
+    assert seg.GetSegmentation().GetNthSegment(0).GetName() == "brain"
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(seg, seg.GetSegmentation().GetNthSegmentID(0), volume)
+    assert int(mask.sum()) == report["labels"][0]["voxels"]
 
 
 def test_demo_command_prints_where_files_are(tmp_path, mni_files):

@@ -7,6 +7,7 @@ Used by the demo, the command line's ``.mrb`` output and the tests. It sets ``sl
 
 from __future__ import annotations
 
+import tempfile
 import types
 
 import slicer
@@ -34,6 +35,13 @@ def _module(logic) -> types.SimpleNamespace:
 def make_headless_slicer():
     """Create a fresh scene with application, segmentations, volumes and colors logics; returns the scene."""
     scene = slicer.vtkMRMLScene()
+    # a cache and data I/O manager, as Slicer's application gives every scene (reading .mrb needs them)
+    cache = slicer.vtkCacheManager()
+    cache.SetRemoteCacheDirectory(tempfile.mkdtemp(prefix="medai-slicer-cache-"))
+    data_io = slicer.vtkDataIOManager()
+    data_io.SetCacheManager(cache)
+    scene.SetCacheManager(cache)
+    scene.SetDataIOManager(data_io)
     app_logic = slicer.vtkSlicerApplicationLogic()
     app_logic.SetMRMLScene(scene)
     # Without a Slicer home folder the color logic logs that it found no default color files;
@@ -63,5 +71,5 @@ def make_headless_slicer():
         tables=_module(tables),
     )
     # keep the logics alive as long as the scene
-    scene._medai_logics = (app_logic, colors, segmentations, volumes, tables)  # type: ignore[attr-defined]
+    scene._medai_logics = (app_logic, colors, segmentations, volumes, tables, cache, data_io)  # type: ignore[attr-defined]
     return scene
