@@ -45,9 +45,20 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+_VERIFIED: set[tuple[str, int, int, str]] = set()  # (path, size, mtime, sha256) already checked in this process
+
+
 def check_sha256(path: Path, expected: str | None, what: str) -> None:
-    if expected and sha256_of(path) != expected.lower():
+    """Raise when ``path`` does not hash to ``expected``; an unchanged file is hashed once per process."""
+    if not expected:
+        return
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, expected.lower())
+    if key in _VERIFIED:
+        return
+    if sha256_of(path) != expected.lower():
         raise FetchError(f"{what}: {path} has the wrong sha256 (expected {expected}); delete it and fetch again")
+    _VERIFIED.add(key)
 
 
 def safe_extract_member(archive: zipfile.ZipFile, member: str, dest: Path) -> Path:

@@ -208,3 +208,33 @@ def test_file_url_source_is_fetched_and_checked(tmp_path):
     assert got["w.bin"].read_bytes() == b"weights"
     with pytest.raises(FetchError, match="wrong sha256"):
         fetch_source({"url": src.as_uri(), "sha256": "1" * 64, "file": "other.bin"}, tmp_path / "dest", "w")
+
+
+def test_catalog_model_is_loaded_once_and_reloaded_when_its_files_change(tmp_path):
+    from medai.models.catalog import fetch_model, find_model
+
+    clear_cache()
+    first = load_model(catalog.default_model_name(), "cpu")
+    assert load_model(catalog.default_model_name(), "cpu") is first  # fetching again must not look like a change
+    folder = fetch_model(find_model(catalog.default_model_name()))
+    card = folder / "medai.json"
+    os.utime(card, ns=(card.stat().st_atime_ns, card.stat().st_mtime_ns + 10**9))
+    reloaded = load_model(catalog.default_model_name(), "cpu")
+    assert reloaded is not first
+    from medai.models import loader
+
+    assert sum(1 for key in loader._CACHE if key[0] == str(folder.resolve()) or key[0] == str(folder)) == 1
+
+
+def test_concurrent_first_loads_share_one_model(tmp_path):
+    import threading
+
+    card = write_unet_card(tmp_path / "u")
+    clear_cache()
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(load_model(card, "cpu"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 4 and all(m is got[0] for m in got)

@@ -116,8 +116,10 @@ def fetch_model(entry: CatalogEntry, progress: Callable[[float], None] | None = 
     folder = model_dir(entry.name)
     fetch_source(entry.source, folder, f"model {entry.name}", progress)
     if entry.card:
-        card_src = catalog_path().parent / entry.card
-        (folder / "medai.json").write_text(card_src.read_text())
+        card_text = (catalog_path().parent / entry.card).read_text()
+        target = folder / "medai.json"
+        if not target.exists() or target.read_text() != card_text:  # rewriting would look like a changed model
+            target.write_text(card_text)
     return folder
 
 

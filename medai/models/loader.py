@@ -9,7 +9,6 @@ code.** Only load models you trust.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -20,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..fetch import FetchError, cache_dir, check_sha256, safe_extract_member
+from ..fetch import FetchError, cache_dir, check_sha256, safe_extract_member, sha256_of
 from ..results import Label
 from . import catalog
 from .card import ModelCard, ModelCardError, parse_card, read_card, parse_labels
@@ -218,7 +217,7 @@ def _find_config(folder: Path, stem: str) -> Path | None:
 
 def extract_bundle_zip(path: Path) -> Path:
     """Unpack a bundle zip into the cache (once per content hash), refusing escaping entries."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    digest = sha256_of(path)[:16]
     dest = cache_dir() / "bundles" / f"{path.stem}-{digest}"
     try:
         with zipfile.ZipFile(path) as z:
@@ -430,27 +429,37 @@ def _load_uncached(path: Path, device: torch.device) -> LoadedModel:
     return LoadedModel(card, networks, device, kind, path, notes=notes)
 
 
-_CACHE: dict[tuple, LoadedModel] = {}
+_CACHE: dict[tuple[str, str], tuple[int, LoadedModel]] = {}  # (path, device) -> (files' newest mtime, model)
 _CACHE_LOCK = threading.Lock()
+_KEY_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+
+
+def _newest_mtime(path: Path) -> int:
+    files = [path] + (list(path.rglob("*")) if path.is_dir() else [])
+    return max((p.stat().st_mtime_ns for p in files if p.is_file()), default=0)
 
 
 def load_model(spec: str | Path, device: str | torch.device = "auto", progress: Callable[[float], None] | None = None) -> LoadedModel:
     """Load (or return the cached) model named by ``spec`` on ``device``.
 
     ``spec`` is a catalog name, a MONAI Bundle folder or zip, a JSON model card, or a
-    TorchScript or ONNX file with a card beside it. A model stays cached until its file changes.
+    TorchScript or ONNX file with a card beside it. One model per file and device stays cached
+    until its files change; concurrent callers of the same model wait for one load.
     """
     dev = resolve_device(device)
     path = resolve_model_path(spec, progress)
-    stamp = max((p.stat().st_mtime_ns for p in ([path] + (list(path.rglob("*")) if path.is_dir() else [])) if p.is_file()), default=0)
-    key = (str(path), stamp, str(dev))
+    key = (str(path), str(dev))
     with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-    model = _load_uncached(path, dev)
-    with _CACHE_LOCK:
-        _CACHE[key] = model
-    return model
+        key_lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with key_lock:
+        stamp = _newest_mtime(path)
+        cached = _CACHE.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        model = _load_uncached(path, dev)
+        with _CACHE_LOCK:
+            _CACHE[key] = (stamp, model)  # a stale entry for the same file is replaced, not kept
+        return model
 
 
 def clear_cache() -> None:
