@@ -48,3 +48,17 @@ def test_target_class_and_layer_defaults(tmp_path):
     assert float(result.cases[0].heatmap.max()) == 0.0
     with pytest.raises(ValueError, match="not a class of model"):
         classify(model, [volume], target_class="nodule")
+
+
+def test_gradcam_leaves_no_hooks_on_the_cached_network(tmp_path):
+    """The network is cached and shared: explanation must not leave hooks behind on it."""
+    from medai.explain.gradcam import find_target_layer, gradcam
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    layer = dict(net.named_modules())[find_target_layer(net)]
+    x = torch.randn(1, 1, 8, 8, 8)
+    for plus in (False, True, False):
+        heat = gradcam(net, x, 1, plus=plus)
+        assert heat.shape == (8, 8, 8)
+    assert not layer._forward_hooks and not layer._backward_hooks

@@ -86,11 +86,20 @@ def gradcam(net: torch.nn.Module, x: torch.Tensor, class_index: int, layer: str 
     if layer not in names:
         raise ExplainUnavailable(f"layer {layer!r} named for explanation is not in the network; some layers: {', '.join(list(names)[-5:])}")
     cam_cls = GradCAMpp if plus else GradCAM
-    # MONAI's default postprocessing maps the peak to 0 (ScaleIntensity(minv=1, maxv=0)); keep raw values, scale here
-    cam = cam_cls(nn_module=net, target_layers=layer, postprocessing=lambda t: t)
-    with torch.enable_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        heat = cam(x=x, class_idx=int(class_index))
+    target = names[layer]
+    hooks_before = (set(target._forward_hooks), set(target._backward_hooks))
+    try:
+        # MONAI's default postprocessing maps the peak to 0 (ScaleIntensity(minv=1, maxv=0)); keep raw values, scale here
+        cam = cam_cls(nn_module=net, target_layers=layer, postprocessing=lambda t: t)
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            heat = cam(x=x, class_idx=int(class_index))
+    finally:
+        # MONAI registers hooks on the (cached, shared) network and never removes them: remove ours, or every later
+        # forward pass would run them and keep activations alive
+        for hooks, before in ((target._forward_hooks, hooks_before[0]), (target._backward_hooks, hooks_before[1])):
+            for handle_id in set(hooks) - before:
+                del hooks[handle_id]
     return _normalise(heat[0, 0].detach().float().cpu().numpy())
 
 
