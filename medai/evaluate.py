@@ -88,7 +88,10 @@ def classify_volumes(model: LoadedModel, volumes: list[Volume]) -> np.ndarray:
 
 
 def card_classes(model: LoadedModel) -> list[str]:
-    return [str(c) for c in (model.card.raw.get("classes") or [])]
+    """The model's class names as the classification engine reads them (any card form, bundles too)."""
+    from .engine.classify import output_spec
+
+    return list(output_spec(model).names)
 
 
 def summarize_classification(rows: list[dict], classes: list[str]) -> tuple[dict, dict]:
@@ -128,6 +131,8 @@ def evaluate_model(model_spec, data, ids: list[str] | None = None, out_dir: Path
             pred = volumes[0].with_array(result.labelmap().astype(np.int16))
             rows += compare_segmentations(pred, ref, labels, case.id)
         else:
+            if task not in ("classification", "regression"):
+                raise ValueError(f"evaluating {task} models is not supported yet; evaluate classification or regression models")
             out = classify_volumes(model, volumes)
             if task == "classification":
                 classes = card_classes(model) or [f"class {i}" for i in range(len(out))]
