@@ -302,7 +302,9 @@ def _prepare_bundle(model: LoadedModel, spec: OutputSpec, x: torch.Tensor, affin
         guidance = guidance.select(flat + 1, 0) if guidance is not None else None
     size = tuple(x.shape[1:])
     meta = {"filename_or_obj": name, "original_channel_dim": 0, "spatial_shape": np.asarray(size)}
-    data = {parts.image_key: MetaTensor(x.contiguous(), meta=dict(meta))}
+    # 3D: the bundle's spatial transforms (Spacingd, Orientationd) see the real grid; a 2D slice keeps MONAI's
+    # default in-plane affine (the zoo's 2D bundles only resize). The heatmap is mapped back by resizing.
+    data = {parts.image_key: MetaTensor(x.contiguous(), affine=torch.as_tensor(affine) if flat is None else None, meta=dict(meta))}
     if guidance is not None:
         data[source] = MetaTensor(guidance.contiguous(), meta=dict(meta))
     if parts.preprocessing is not None:
@@ -403,7 +405,7 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
                 affine[:3, 3] = affine[:3, :3] @ np.array([b.start for b in box]) + affine[:3, 3]
                 prep = (_prepare_bundle(model, spec, x, affine, ref.name) if model.kind == "bundle"
                         else _prepare_card(model, spec, x, affine, mask is not None, ref.name))
-            with progress.stage(f"{ref.name}: inference", (0.3 if explain else 0.9) * weight):
+            with progress.stage(f"{ref.name}: inference", (0.3 if explain else 0.8) * weight):
                 net = model.networks[-1]
                 with torch.no_grad(), autocast(model.device):
                     logits = net(prep.x).float()
