@@ -170,3 +170,50 @@ def test_bad_inputs_leave_the_scene_unchanged(scene, tmp_path):
         with pytest.raises((GeometryError, ValueError), match=message):
             logic.classify(device="cpu", **kwargs)
         assert _snapshot(scene) == before, f"scene changed after a failed run ({message})"
+
+
+def _ball_segmentation(scene, volume_node, center_ijk, radius):
+    """A segmentation with one painted ball, on the volume's geometry (binary labelmap source)."""
+    from medai.geometry import Volume as _V
+    from medai.results import Label, SegmentationResult
+    from medai.slicer import scene as bridge
+
+    ref = bridge.volume_from_node(volume_node)
+    k, j, i = np.indices(ref.array.shape)
+    ball = ((i - center_ijk[0]) ** 2 + (j - center_ijk[1]) ** 2 + (k - center_ijk[2]) ** 2 <= radius ** 2).astype(np.uint8)
+    result = SegmentationResult(_V(ref.array, bridge.node_ijk_to_ras(volume_node)), [ball], [Label(1, "ball", (1.0, 0.0, 0.0))])
+    return bridge.segmentation_node_from_result(result, volume_node), ball
+
+
+def test_segment_region_follows_a_shared_parent_transform(scene):
+    import vtk
+
+    from medai.slicer import scene as bridge
+    from medai.slicer.classify_logic import region_volume
+
+    vol = bridge.volume_node_from_volume(scene, Volume(np.zeros((20, 20, 20), np.float32), np.eye(4)), name="v")
+    seg, ball = _ball_segmentation(scene, vol, (10, 10, 10), 3)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    m = vtk.vtkMatrix4x4()
+    m.SetElement(2, 3, 3.0)
+    transform.SetMatrixTransformToParent(m)
+    vol.SetAndObserveTransformNodeID(transform.GetID())
+    seg.SetAndObserveTransformNodeID(transform.GetID())
+    mask = region_volume((seg, "ball"), vol).array
+    assert np.array_equal(mask > 0, ball > 0)  # both moved together: same voxels
+
+
+def test_segment_region_from_closed_surface_source(scene):
+    from medai.slicer import scene as bridge
+    from medai.slicer.classify_logic import region_volume
+
+    vol = bridge.volume_node_from_volume(scene, Volume(np.zeros((24, 24, 24), np.float32), np.eye(4)), name="v")
+    seg, ball = _ball_segmentation(scene, vol, (12, 12, 12), 6)
+    seg.CreateClosedSurfaceRepresentation()
+    seg.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    seg.GetSegmentation().RemoveRepresentation("Binary labelmap")
+    assert not seg.GetSegmentation().ContainsRepresentation("Binary labelmap")
+    mask = region_volume((seg, "ball"), vol).array > 0
+    dice = 2 * (mask & (ball > 0)).sum() / (mask.sum() + ball.sum())
+    assert dice > 0.8, dice
+    assert not seg.GetSegmentation().ContainsRepresentation("Binary labelmap")  # the user's node is left as it was

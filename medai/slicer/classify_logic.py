@@ -67,23 +67,36 @@ def _segment_ids(seg_node, segment_id: str | None) -> list[str]:
 
 
 def _segment_volume(seg_node, segment_id: str) -> Volume | None:
-    """A segment's own binary labelmap (its extent and geometry) as a volume, or None when it is empty; adds no node."""
-    image = slicer.vtkOrientedImageData()
-    seg_node.GetBinaryLabelmapRepresentation(segment_id, image)
+    """A segment's own binary labelmap (its extent, in world geometry) as a volume, or None when it is empty.
+
+    Adds no node and leaves the user's segmentation as it is: a segmentation whose source is not a
+    binary labelmap (e.g. closed surfaces) is converted in a copy. The segmentation's linear parent
+    transform is applied, like the volume's.
+    """
+    segmentation = seg_node.GetSegmentation()
+    if not segmentation.ContainsRepresentation(bridge.BINARY_LABELMAP):
+        copy = slicer.vtkSegmentation()
+        copy.DeepCopy(segmentation)
+        if not copy.CreateRepresentation(bridge.BINARY_LABELMAP):
+            raise GeometryError(f"{seg_node.GetName()}: cannot convert its segments to a binary labelmap; convert them in the Segmentations module first")
+        segmentation = copy
+    segment = segmentation.GetSegment(segment_id)
+    image = segment.GetRepresentation(bridge.BINARY_LABELMAP)
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        return None
     extent = image.GetExtent()
-    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4] or image.GetPointData().GetScalars() is None:
+    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
         return None
     dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
     array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
-    if not array.any():
+    mask = (array == segment.GetLabelValue()).astype(np.uint8)
+    if not mask.any():
         return None
     to_world = vtk.vtkMatrix4x4()
-    image.GetImageToWorldMatrix(to_world)
-    affine = bridge._matrix_to_numpy(to_world)
+    image.GetImageToWorldMatrix(to_world)  # segmentation-node coordinates
+    affine = bridge.node_to_world(seg_node) @ bridge._matrix_to_numpy(to_world)
     affine[:3, 3] += affine[:3, :3] @ np.array([extent[0], extent[2], extent[4]], dtype=np.float64)
-    segment = seg_node.GetSegmentation().GetSegment(segment_id)
-    return Volume((array == segment.GetLabelValue()).astype(np.uint8) if array.max() > 1 else (array > 0).astype(np.uint8),
-                  affine, segment.GetName())
+    return Volume(mask, affine, segment.GetName())
 
 
 def region_volume(region, reference_node) -> Volume:

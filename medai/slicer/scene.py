@@ -37,12 +37,11 @@ def node_ijk_to_ras(node) -> np.ndarray:
     return _matrix_to_numpy(m)
 
 
-def node_ijk_to_world(node) -> np.ndarray:
-    """IJK to world RAS, including a linear parent transform; non-linear transforms are refused."""
-    ijk_to_ras = node_ijk_to_ras(node)
+def node_to_world(node) -> np.ndarray:
+    """The node's linear parent-to-world matrix (identity without a transform); non-linear transforms are refused."""
     parent = node.GetParentTransformNode()
     if parent is None:
-        return ijk_to_ras
+        return np.eye(4)
     if not parent.IsTransformToWorldLinear():
         raise GeometryError(
             f"{node.GetName()}: it is under a non-linear transform ({parent.GetName()}); harden the transform "
@@ -50,7 +49,12 @@ def node_ijk_to_world(node) -> np.ndarray:
         )
     to_world = vtk.vtkMatrix4x4()
     parent.GetMatrixTransformToWorld(to_world)
-    return _matrix_to_numpy(to_world) @ ijk_to_ras
+    return _matrix_to_numpy(to_world)
+
+
+def node_ijk_to_world(node) -> np.ndarray:
+    """IJK to world RAS, including a linear parent transform; non-linear transforms are refused."""
+    return node_to_world(node) @ node_ijk_to_ras(node)
 
 
 def volume_from_node(node) -> Volume:
