@@ -24,7 +24,7 @@ def overlay_png(result: SegmentationResult, path: str | Path, fractions=(0.35, 0
     labels, _, _ = reorient_to_ras(np.stack([result.labelmap()]).transpose(0, 3, 2, 1), ref.ijk_to_ras)
     image, labels = np.asarray(image[0]), np.asarray(labels[0])  # (R, A, S)
     colors = np.zeros((int(labels.max(initial=0)) + 1, 3))
-    merged = result.labels if len(result.layers) == 1 else [type(l)(n + 1, l.name, l.color) for n, l in enumerate(result.labels)]
+    merged = result.merged_labels()
     for lab in merged:
         if lab.value < len(colors):
             colors[lab.value] = lab.color

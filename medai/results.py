@@ -56,13 +56,19 @@ class SegmentationResult:
     def volume_ml(self, label: Label) -> float:
         return self.voxel_count(label) * self.reference.voxel_volume_ml
 
+    def merged_labels(self) -> list[Label]:
+        """The labels as numbered in :meth:`labelmap`: their own values for one layer, else 1, 2, ... in order."""
+        if len(self.layers) == 1:
+            return list(self.labels)
+        return [Label(n + 1, lab.name, lab.color, 0, lab.terminology) for n, lab in enumerate(self.labels)]
+
     def labelmap(self) -> np.ndarray:
-        """All labels merged into one labelmap (later layers win where labels overlap)."""
+        """All labels merged into one labelmap (later layers win where labels overlap), numbered as :meth:`merged_labels`."""
         if len(self.layers) == 1:
             return self.layers[0]
         merged = np.zeros(self.layers[0].shape, dtype=np.uint16)
-        for label in self.labels:
-            merged[self.mask(label)] = label.value if len(self.layers) == 1 else self.labels.index(label) + 1
+        for label, numbered in zip(self.labels, self.merged_labels()):
+            merged[self.mask(label)] = numbered.value
         return merged
 
     def summary(self) -> list[dict]:

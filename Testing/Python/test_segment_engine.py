@@ -237,3 +237,15 @@ def test_internal_labelmap_geometry_is_the_input_geometry(scene, tmp_path):
     assert np.allclose(got, vol.ijk_to_ras, atol=1e-9)
     k, j, i = vol.array.shape
     assert tuple(image.GetExtent()) == (0, i - 1, 0, j - 1, 0, k - 1)
+
+
+def test_reused_labelmap_keeps_one_colour_table(scene, tmp_path):
+    node = bridge.volume_node_from_volume(scene, cube_volume(), name="CT")
+    logic = SegmentLogic()
+    logic.segment([node], str(threshold_card(tmp_path / "thr")), device="cpu", output_labelmap=True)
+    labelmap = logic.last_labelmap_node
+    tables = scene.GetNodesByClass("vtkMRMLColorTableNode").GetNumberOfItems()
+    logic.segment([node], str(threshold_card(tmp_path / "thr")), device="cpu", output_labelmap=labelmap)
+    assert logic.last_labelmap_node is labelmap
+    assert scene.GetNodesByClass("vtkMRMLColorTableNode").GetNumberOfItems() == tables
+    assert labelmap.GetDisplayNode().GetColorNode().GetColorName(1) == "bright"

@@ -32,12 +32,23 @@ def _module(logic) -> types.SimpleNamespace:
     return types.SimpleNamespace(logic=lambda: logic)
 
 
+_CACHE_FOLDER: tempfile.TemporaryDirectory | None = None
+
+
+def _cache_folder() -> str:
+    """One temporary cache folder per process (removed when the process ends), shared by every headless scene."""
+    global _CACHE_FOLDER
+    if _CACHE_FOLDER is None:
+        _CACHE_FOLDER = tempfile.TemporaryDirectory(prefix="medai-slicer-cache-")
+    return _CACHE_FOLDER.name
+
+
 def make_headless_slicer():
     """Create a fresh scene with application, segmentations, volumes and colors logics; returns the scene."""
     scene = slicer.vtkMRMLScene()
     # a cache and data I/O manager, as Slicer's application gives every scene (reading .mrb needs them)
     cache = slicer.vtkCacheManager()
-    cache.SetRemoteCacheDirectory(tempfile.mkdtemp(prefix="medai-slicer-cache-"))
+    cache.SetRemoteCacheDirectory(_cache_folder())
     data_io = slicer.vtkDataIOManager()
     data_io.SetCacheManager(cache)
     scene.SetCacheManager(cache)

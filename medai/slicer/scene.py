@@ -126,11 +126,13 @@ def labelmap_node_from_result(result: SegmentationResult, reference_node, output
     """The result as a ``vtkMRMLLabelMapVolumeNode`` with a colour table naming every label."""
     scene = reference_node.GetScene()
     labelmap = result.labelmap()
-    colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", f"{name or result.model_name} colors")
+    display = output_node.GetDisplayNode() if output_node is not None else None
+    colors = display.GetColorNode() if display is not None else None
+    if colors is None or not colors.IsA("vtkMRMLColorTableNode") or colors.GetAttribute("MedAI.Colors") != "1":
+        colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", f"{name or result.model_name} colors")
+        colors.SetAttribute("MedAI.Colors", "1")  # ours: refilled, not duplicated, when the labelmap is reused
     colors.SetTypeToUser()
-    labels = result.labels if len(result.layers) == 1 else [
-        type(lab)(n + 1, lab.name, lab.color) for n, lab in enumerate(result.labels)
-    ]
+    labels = result.merged_labels()
     colors.SetNumberOfColors(max([lab.value for lab in labels] + [0]) + 1)
     colors.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
     for lab in labels:
