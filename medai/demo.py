@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import read_image
+from .metrics import dice
 from .models import catalog
 from .models.loader import load_model
 from .overlay import overlay_png
@@ -31,10 +32,6 @@ def tissue_coverage(mask: np.ndarray, gm: np.ndarray, wm: np.ndarray, threshold:
     scale = 255.0 if gm.dtype == np.uint8 else 1.0
     tissue = (gm.astype(np.float32) + wm.astype(np.float32)) / scale > threshold
     return float((mask & tissue).sum() / max(tissue.sum(), 1)), float(tissue.sum())
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 def mni_checks(result, files: dict) -> dict:
@@ -62,7 +59,7 @@ def mni_checks(result, files: dict) -> dict:
         elif name in ("grey matter", "white matter"):
             own, other = (gm, wm) if name == "grey matter" else (wm, gm)
             truth = (own > 0.5) & (own >= other)
-            check[f"{name} Dice vs template map (training-derived labels, not independent)"] = round(_dice(mask, truth), 4)
+            check[f"{name} Dice vs template map (training-derived labels, not independent)"] = round(dice(mask, truth), 4)
     return check
 
 
@@ -99,8 +96,6 @@ def run_demo(out_dir: str | Path = "out", model_name: str | None = None, device:
     write_segmentation(result, paths["segmentation"])
     overlay_png(result, paths["overlay"])
 
-    label = result.labels[0]
-    mask = result.mask(label)
     rows = result.summary()
     report = {
         "model": model.name, "device": result.device, "input": str(image_file),

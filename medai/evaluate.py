@@ -22,7 +22,7 @@ from .engine.progress import CancelToken
 from .engine.segment import segment
 from .geometry import Volume, same_grid
 from .io import read_image
-from .metrics import classification_metrics, regression_metrics, roc_curve, segmentation_metrics
+from .metrics import classification_metrics, json_ready, regression_metrics, roc_curve, segmentation_metrics
 from .models.loader import LoadedModel, load_model
 from .resample import resample_volume_to
 
@@ -178,12 +178,11 @@ def _write_csv(rows: list[dict], path: Path) -> Path:
 
 def write_report(report: EvalReport, out_dir: Path, classes: list[str] | None = None, curves: dict | None = None) -> None:
     from . import plots
-    from .training.export import _clean
 
     out_dir.mkdir(parents=True, exist_ok=True)
     report.files.append(_write_csv(report.rows, out_dir / "per_case.csv"))
     report.files.append(_write_csv(report.summary_rows(), out_dir / "summary.csv"))
-    (out_dir / "metrics.json").write_text(json.dumps(_clean(report.summary), indent=1))
+    (out_dir / "metrics.json").write_text(json.dumps(json_ready(report.summary), indent=1))
     report.files.append(out_dir / "metrics.json")
     if report.task == "classification" and classes:
         report.files.append(plots.confusion_matrix_plot(report.summary["confusion_matrix"], classes, out_dir / "confusion_matrix.png"))

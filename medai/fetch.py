@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -146,8 +145,3 @@ def fetch_source(source: dict, dest_dir: Path, what: str, progress: Callable[[fl
             raise FetchError(f"{what}: {path} does not exist; put the model files there or fix the catalog entry")
         return {path.name: path}
     raise FetchError(f"{what}: source must give 'url', 'pypi' or 'path'")
-
-
-def fetch_to_temp(source: dict, what: str) -> dict[str, Path]:
-    """Like :func:`fetch_source` into a fresh temporary folder (used by tests and one-off runs)."""
-    return fetch_source(source, Path(tempfile.mkdtemp(prefix="medai-")), what)

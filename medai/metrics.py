@@ -153,3 +153,14 @@ def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict
     mae = float(np.abs(t - p).mean()) if t.size else math.nan
     corr = float(np.corrcoef(t, p)[0, 1]) if t.size > 1 and t.std() > 0 and p.std() > 0 else math.nan
     return {"mae": mae, "correlation": corr}
+
+
+def json_ready(value):
+    """The same value with NaN replaced by None (JSON has no NaN), through dicts, lists and tuples."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value

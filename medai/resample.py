@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import LPS_TO_RAS, Volume
+from .geometry import LPS_TO_RAS, Volume, to_ijk_array
 
 
 def _image(channels_ijk: np.ndarray, affine: np.ndarray) -> sitk.Image:
@@ -49,7 +49,7 @@ def grid_with_spacing(shape: tuple[int, ...], affine: np.ndarray, spacing: list[
 def resample_volume_to(volume: Volume, reference: Volume, linear: bool = True) -> Volume:
     """``volume`` resampled onto ``reference``'s grid (for multi-modal inputs)."""
     ref_shape = reference.shape_ijk
-    src = volume.array.transpose(2, 1, 0)[None] if volume.array.ndim == 3 else volume.array.transpose(3, 2, 1, 0)
+    src = to_ijk_array(volume)
     out = resample_channels(src.astype(np.float32), volume.ijk_to_ras, ref_shape, reference.ijk_to_ras, linear)
     arr = out[0].transpose(2, 1, 0) if out.shape[0] == 1 else out.transpose(3, 2, 1, 0)
     return Volume(np.ascontiguousarray(arr), reference.ijk_to_ras.copy(), name=volume.name, metadata=dict(volume.metadata))

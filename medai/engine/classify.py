@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..explain.gradcam import METHOD_TITLES, METHODS, ExplainUnavailable, explain as explain_heatmap
 from ..explain.localize import Finding, hot_spots, region_components
-from ..geometry import GeometryError, Volume, reorient_to_ras, same_grid
+from ..geometry import GeometryError, Volume, array_from_ijk, reorient_to_ras, same_grid
 from ..models.card import ModelCardError
 from ..models.loader import LoadedModel
 from ..resample import resample_volume_to
@@ -433,7 +433,7 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
                     if heat is not None:
                         full = np.zeros(ref.shape_ijk, dtype=np.float32)
                         full[box] = prep.back(heat)
-                        case.heatmap, case.heatmap_class = np.ascontiguousarray(full.transpose(2, 1, 0)), cls
+                        case.heatmap, case.heatmap_class = array_from_ijk(full), cls
             with progress.stage(f"{ref.name}: localize", 0.1 * weight):
                 # the heatmap is zero outside the crop box, and the box holds the whole region: search the box only
                 # (same findings, in RAS through the box's affine; seconds faster on a whole-head volume)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..geometry import GeometryError, Volume, reorient_to_ras
+from ..geometry import GeometryError, Volume, array_from_ijk, reorient_to_ras
 from ..models.card import ModelCard, Stage
 from ..models.loader import LoadedModel
 from ..resample import grid_with_spacing, resample_channels
@@ -198,7 +198,7 @@ def segment_with_card(model: LoadedModel, volumes: list[Volume], progress: Progr
                                         bool(card.postprocessing.get("largest_component")),
                                         bool(card.postprocessing.get("fill_holes")))
             back = undo(full[None])[0]
-            layers.append(np.ascontiguousarray(back.transpose(2, 1, 0)))
+            layers.append(array_from_ijk(back))
     labels = card.labels
     if card.discretize == "threshold":  # one layer per label, value 1
         labels = [Label(1, lab.name, lab.color, n, lab.terminology) for n, lab in enumerate(card.labels)]

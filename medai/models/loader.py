@@ -126,15 +126,6 @@ def load_torchscript(path: Path, sha256: str | None = None) -> torch.nn.Module:
         raise ModelLoadError(f"{path}: not a TorchScript model ({str(exc).splitlines()[0][:200]})") from exc
 
 
-def is_torchscript(path: Path) -> bool:
-    """TorchScript archives hold a ``code/`` folder; plain checkpoints do not."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any("/code/" in n or n.startswith("code/") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
 def build_network(config: dict, where: str) -> torch.nn.Module:
     """Instantiate a network from a ConfigParser dict (e.g. ``{"_target_": "monai.networks.nets.UNet", ...}``)."""
     from monai.bundle import ConfigParser
@@ -361,6 +352,13 @@ def _bundle_task(meta: dict) -> str:
 # --- entry point ------------------------------------------------------------------------------
 
 
+def _read_card_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelCardError(f"{path}: not valid JSON ({exc})") from exc
+
+
 def _card_beside(path: Path) -> Path | None:
     for candidate in (path.with_suffix(".json"), *(path.parent / n for n in CARD_NAMES)):
         if candidate.exists() and candidate != path:
@@ -400,7 +398,7 @@ def _load_uncached(path: Path, device: torch.device) -> LoadedModel:
         beside = _card_beside(path)
         if beside is None:
             raise ModelLoadError(f"{path}: a TorchScript model needs a model card beside it ({path.with_suffix('.json').name}) naming its labels and preprocessing")
-        raw = json.loads(beside.read_text())
+        raw = _read_card_json(beside)
         raw.setdefault("weights", path.name)
         card = parse_card(raw, path.parent, where=str(beside))
         kind = "torchscript"
@@ -410,7 +408,7 @@ def _load_uncached(path: Path, device: torch.device) -> LoadedModel:
         beside = _card_beside(path)
         if beside is None:
             raise ModelLoadError(f"{path}: an ONNX model needs a model card beside it ({path.with_suffix('.json').name}) naming its task, classes and preprocessing")
-        raw = json.loads(beside.read_text())
+        raw = _read_card_json(beside)
         raw["weights"] = path.name
         raw.pop("network", None)
         card = parse_card(raw, path.parent, where=str(beside))

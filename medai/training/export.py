@@ -13,26 +13,15 @@ import csv
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 
 from .. import __version__
 from ..fetch import sha256_of
+from ..metrics import json_ready
 from ..results import Label
 from . import augment
 from .data import Preprocessing, TrainingData
-
-
-def _clean(value):
-    """JSON-safe: NaN becomes null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 def relative_to_model(path: str | os.PathLike, out_dir: Path) -> str:
@@ -142,7 +131,7 @@ def write_card(out_dir: Path, *, data: TrainingData, config, network: dict, prep
         card["training"]["parent"] = dict(parent, card=relative_to_model(parent["card"], out_dir))
     path = out_dir / "medai.json"
     tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(_clean(card), indent=1))
+    tmp.write_text(json.dumps(json_ready(card), indent=1))
     tmp.replace(path)
     (out_dir / "split.json").write_text(json.dumps(split, indent=1))
     write_history_csv(history, out_dir / "history.csv")
