@@ -1,8 +1,8 @@
 """The logic that the MedAISegment and MedAIClassify modules share: a job runner and its main-thread pump.
 
 Each module's logic subclasses :class:`MedAIModuleLogic`, names its runner in ``_createRunner`` and
-starts runs through ``_runJob``. Only slicer is imported at load time: :mod:`medai` and
-:mod:`MedAILib.widgets` are imported when a logic is created, after the dependency check.
+starts runs through ``_runJob``. Only slicer is imported at load time: :mod:`medai.slicer.jobs` (PyTorch,
+MONAI) and :mod:`MedAILib.widgets` are imported when the runners are first used, after the dependency check.
 """
 
 from __future__ import annotations
@@ -18,31 +18,56 @@ class MedAIModuleLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        from medai.slicer.jobs import MainThreadQueue
-        from MedAILib.widgets import QueuePump
+        # the runners, queues and pumps import medai.slicer.jobs (PyTorch, MONAI): they are made on first use,
+        # so that creating the logic (the panel's setup) works before the dependency check has installed them
+        self._runners: dict | None = None
 
-        from medai.slicer.jobs import TrainRunner
+    def _ensureRunners(self) -> dict:
+        if self._runners is None:
+            from MedAILib.dependencies import ensure_dependencies
 
-        self.queue = MainThreadQueue()
-        self.runner = self._createRunner(self.queue)
-        self.pump = QueuePump(self.queue)
-        # training has its own queue and pump: a model can run while one trains, and each pump stops with its job
-        self.trainQueue = MainThreadQueue()
-        self.trainRunner = TrainRunner(self.trainQueue)
-        self.trainPump = QueuePump(self.trainQueue)
+            if not ensure_dependencies():
+                raise RuntimeError("MedAI needs PyTorch and MONAI; install them when asked, then try again")
+            from medai.slicer.jobs import MainThreadQueue, TrainRunner
+            from MedAILib.widgets import QueuePump
+
+            queue = MainThreadQueue()
+            # training has its own queue and pump: a model can run while one trains, and each pump stops with its job
+            trainQueue = MainThreadQueue()
+            self._runners = {"queue": queue, "runner": self._createRunner(queue), "pump": QueuePump(queue),
+                             "trainQueue": trainQueue, "trainRunner": TrainRunner(trainQueue),
+                             "trainPump": QueuePump(trainQueue)}
+        return self._runners
+
+    queue = property(lambda self: self._ensureRunners()["queue"])
+    runner = property(lambda self: self._ensureRunners()["runner"])
+    pump = property(lambda self: self._ensureRunners()["pump"])
+    trainQueue = property(lambda self: self._ensureRunners()["trainQueue"])
+    trainRunner = property(lambda self: self._ensureRunners()["trainRunner"])
+    trainPump = property(lambda self: self._ensureRunners()["trainPump"])
 
     def _createRunner(self, queue):
         """The module's :class:`medai.slicer.jobs.JobRunner` subclass, scheduling on ``queue``."""
         raise NotImplementedError
 
     def cancel(self) -> None:
-        if self.runner.job is not None:
+        if self._runners is not None and self.runner.job is not None:
             self.runner.job.cancel()
 
     def cancelTraining(self) -> None:
         """Stop the training at its next step; the best checkpoint so far stays in the output folder."""
-        if self.trainRunner.job is not None:
+        if self._runners is not None and self.trainRunner.job is not None:
             self.trainRunner.job.cancel()
+
+    def stopJobs(self) -> None:
+        """Cancel a running model job and training, and stop both queue pumps (the module is torn down)."""
+        if self._runners is None:
+            return
+        for runner in (self.runner, self.trainRunner):
+            if runner.job is not None and not runner.job.done:
+                runner.job.cancel()
+        self.pump.stop()
+        self.trainPump.stop()
 
     def train(self, source, outputFolder: str, network: str = "unet", epochs: int = 50, finetuneFrom: str | None = None,
               device: str = "auto", name: str | None = None, waitForCompletion: bool = True,
@@ -66,10 +91,11 @@ class MedAIModuleLogic(ScriptedLoadableModuleLogic):
                                   device=device, name=name or Path(outputFolder).name, **config)
         return runJob(self.trainPump, lambda wait, completed: self.trainRunner.train(
             source, outputFolder, trainConfig, wait, progressCallback, completed, eventCallback,
-            register or registerModel, poll=slicer.app.processEvents), waitForCompletion, completedCallback)
+            register or registerModel, poll=slicer.app.processEvents), waitForCompletion, completedCallback,
+            self.trainRunner)
 
     def _runJob(self, start: Callable, waitForCompletion: bool, completedCallback: Callable | None):
         """``start(wait, completed)`` calls the runner; see :func:`MedAILib.widgets.runJob`."""
         from MedAILib.widgets import runJob
 
-        return runJob(self.pump, start, waitForCompletion, completedCallback)
+        return runJob(self.pump, start, waitForCompletion, completedCallback, self.runner)

@@ -10,8 +10,10 @@ fills in the hooks (``_createLogic``, ``_setupControls``, ``_onParameterNodeSet`
 ``MODEL_TASK``; no module code is needed for it.
 
 Every ``self.ui.<name>`` used here must exist in both modules' ``.ui`` files
-(Testing/Python/test_static_module.py checks it). Only slicer and vtk are imported at load time:
-:mod:`MedAILib.widgets` and :mod:`medai` are imported when used, after the dependency check.
+(Testing/Python/test_static_module.py checks it). Only slicer and vtk are imported at load time;
+:mod:`MedAILib.widgets` and :mod:`medai.slicer.panel` are imported when the panel is built and do not
+import PyTorch (so a fresh Slicer shows the panel and Apply/Train reach the dependency check);
+:mod:`medai.slicer.jobs` (PyTorch, MONAI) is imported by the logic's runners on first use, after it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        # input selectors in use, set by onModelChanged (not read from .visible: a selector inside the
+        # collapsed Parameters section is not visible)
+        self._inputCount = 1
 
     # -- hooks -------------------------------------------------------------------------------------
     def _createLogic(self):
@@ -112,6 +117,10 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
         if getattr(self, "trainSection", None) is not None:
             self.trainSection.cleanup()
+        if self.logic is not None:  # cancel a running model job (and training) and stop both queue pumps
+            self.logic.stopJobs()
+        if getattr(self, "run", None) is not None:
+            self.run.timer.stop()
 
     def enter(self) -> None:
         self.models.refresh()  # models trained or imported in the other panel
@@ -155,6 +164,7 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         with slicer.util.tryWithErrorDisplay(self.MODEL_ERROR):
             names = panel.model_inputs(spec) if spec else ["input"]
+            self._inputCount = min(len(names), MAX_INPUTS)
             for n, (label, selector) in enumerate(zip(self.inputLabels, self.inputSelectors)):
                 label.visible = selector.visible = n < len(names)
                 if n < len(names):
@@ -172,7 +182,7 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.device = self.devices.currentDevice()
 
     def inputNodes(self) -> list:
-        return [s.currentNode() for s in self.inputSelectors if s.visible]
+        return [s.currentNode() for s in self.inputSelectors[:self._inputCount]]
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         ready = bool(self.models.currentSpec()) and all(self.inputNodes())

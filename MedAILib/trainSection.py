@@ -114,7 +114,8 @@ class TrainSection:
         try:
             logic.train(self.source(), folder, self.ui.networkComboBox.currentText, self.ui.epochsSpinBox.value,
                         self.ui.finetuneComboBox.currentData or None, self.moduleWidget.devices.currentDevice(), name,
-                        waitForCompletion=False, progressCallback=self.onProgress, completedCallback=self.onCompleted)
+                        waitForCompletion=False, progressCallback=self.onProgress, completedCallback=self.onCompleted,
+                        register=self.moduleWidget.models.addModel)  # registers, lists and selects the model once
         except Exception as exc:
             self._setRunning(False, "Not started")
             slicer.util.errorDisplay(str(exc))
@@ -124,27 +125,33 @@ class TrainSection:
         self.ui.trainStatusLabel.text = text[:1].upper() + text[1:]
 
     def onCompleted(self, job) -> None:
-        if job.state == "succeeded":
-            out = job.output
-            spec = self.moduleWidget.models.addModel(str(out.model_dir))  # listed and selected at once
-            self.refreshBaseModels()
-            slicer.modules.plots.logic().ShowChartInLayout(out.chart)
-            best = out.result.best_metric
-            metric = f", best {out.result.metric_name} {best:.3f} (epoch {out.result.best_epoch})" if best is not None else ""
-            self._setRunning(False, f"Done ({out.result.stopped}{metric}). The model is selected above: {spec}")
-        elif job.state == "cancelled":
-            kept = job.train_result.card_path if job.train_result is not None else None
-            if kept is not None:
-                from MedAILib.widgets import registerModel
+        status = "Training ended, but showing its results failed; see the Python console."
+        try:
+            if job.state == "succeeded":
+                out = job.output
+                # the job's apply registered the model through models.addModel (listed and selected at once)
+                spec = self.moduleWidget.models.currentSpec()
+                self.refreshBaseModels()
+                slicer.modules.plots.logic().ShowChartInLayout(out.chart)
+                best = out.result.best_metric
+                metric = f", best {out.result.metric_name} {best:.3f} (epoch {out.result.best_epoch})" if best is not None else ""
+                status = f"Done ({out.result.stopped}{metric}). The model is selected above: {spec}"
+            elif job.state == "cancelled":
+                kept = job.train_result.card_path if job.train_result is not None else None
+                if kept is not None:
+                    from MedAILib.widgets import registerModel
 
-                registerModel(str(kept.parent))
-                self.moduleWidget.models.refresh()
-            self._setRunning(False, f"Cancelled. The best checkpoint (epoch {job.train_result.best_epoch}) is kept in "
-                                    f"{kept.parent} and listed among the models." if kept is not None else
-                                    "Cancelled before the first epoch ended; no model was kept.")
-        else:
-            self._setRunning(False, "Training failed; the scene was left as it was.")
-            slicer.util.errorDisplay(f"Training failed: {job.error}")
+                    registerModel(str(kept.parent))
+                    self.moduleWidget.models.refresh()
+                status = (f"Cancelled. The best checkpoint (epoch {job.train_result.best_epoch}) is kept in "
+                          f"{kept.parent} and listed among the models." if kept is not None else
+                          "Cancelled before the first epoch ended; no model was kept.")
+            else:
+                self._setRunning(False, "Training failed; the scene was left as it was.")
+                slicer.util.errorDisplay(f"Training failed: {job.error}")
+        finally:  # the Train button must come back even when showing the results fails
+            if self.running:
+                self._setRunning(False, status)
 
     def _setRunning(self, running: bool, status: str) -> None:
         self.running = running

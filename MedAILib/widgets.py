@@ -35,12 +35,15 @@ class QueuePump:
         self.timer.stop()
 
 
-def runJob(pump: QueuePump, start: Callable, waitForCompletion: bool, completedCallback: Callable | None = None):
+def runJob(pump: QueuePump, start: Callable, waitForCompletion: bool, completedCallback: Callable | None = None,
+           runner=None):
     """Start a :mod:`medai.slicer.jobs` run the way both module logics do.
 
-    ``start(wait, completed)`` calls the runner. Waiting: the runner drains the queue itself
-    (``poll=slicer.app.processEvents`` keeps the GUI alive). Not waiting: ``pump`` drains the queue
-    from a main-thread timer until the job completes, then stops.
+    ``start(wait, completed)`` calls ``runner`` (the :class:`medai.slicer.jobs.JobRunner` that ``pump``
+    serves). Waiting: the runner drains the queue itself (``poll=slicer.app.processEvents`` keeps the
+    GUI alive). Not waiting: ``pump`` drains the queue from a main-thread timer until the job
+    completes, then stops. A start that fails leaves the pump running while the runner still has a
+    job running (a second start refused with "already running" must not stall the first job).
     """
     if waitForCompletion:
         return start(True, completedCallback)
@@ -54,7 +57,8 @@ def runJob(pump: QueuePump, start: Callable, waitForCompletion: bool, completedC
     try:
         return start(False, completed)
     except Exception:
-        pump.stop()
+        if runner is None or runner.job is None or runner.job.done:
+            pump.stop()
         raise
 
 

@@ -13,9 +13,12 @@ Conventions used everywhere in MedAI:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -106,6 +109,7 @@ def to_metatensor(volume: Volume, dtype: torch.dtype | None = None):
     The buffer is copied only when ``dtype`` differs from the array's own type, or when
     the array's type has no torch equivalent (for example uint16).
     """
+    import torch
     from monai.data import MetaTensor
 
     view = to_ijk_array(volume)
@@ -162,6 +166,8 @@ def reorient_to_ras(data: torch.Tensor | np.ndarray, ijk_to_ras: np.ndarray):
     Returns ``(data, affine, undo)`` where ``undo(x)`` maps any ``(C, I', J', K')`` array on the
     reoriented grid back onto the original index order. Only views are made.
     """
+    import torch  # here, not at the top: the module panels import this module before PyTorch is installed
+
     perm, flip = axis_permutation(ijk_to_ras)
     out = data.permute(0, *[p + 1 for p in perm]) if isinstance(data, torch.Tensor) else data.transpose(0, *[p + 1 for p in perm])
     dims = [w + 1 for w in range(3) if flip[w]]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..explain.gradcam import METHOD_TITLES, METHODS, ExplainUnavailable, explain as explain_heatmap
 from ..explain.localize import Finding, hot_spots, region_components
 from ..geometry import GeometryError, Volume, array_from_ijk, reorient_to_ras, same_grid
-from ..models.card import ModelCardError
+from ..models.card import ModelCardError, _names_from
 from ..models.loader import LoadedModel
 from ..resample import resample_volume_to
 from .common import activation as apply_activation
@@ -48,22 +48,6 @@ class OutputSpec:
     channels: int = 1
     spatial_dims: int = 3
     layer: str | None = None
-
-
-def _names_from(raw) -> tuple[list[str], list[float | None]]:
-    """Class names (and optional thresholds) from a list of names/dicts or an index -> name/dict mapping."""
-    if raw is None:
-        return [], []
-    items = raw if isinstance(raw, list) else [raw[k] for k in sorted(raw, key=lambda k: int(k))]
-    names, thresholds = [], []
-    for item in items:
-        if isinstance(item, dict):
-            names.append(str(item.get("name", f"class {len(names)}")))
-            thresholds.append(item.get("threshold"))
-        else:
-            names.append(str(item))
-            thresholds.append(None)
-    return names, thresholds
 
 
 def _network_int(net_cfg: dict | None, *keys: str) -> int | None:

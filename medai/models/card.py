@@ -46,6 +46,38 @@ class ModelCardError(ValueError):
     """A model card that cannot be used; the message names the card and the field."""
 
 
+# Torch-free pieces of the loader, here so that the module panels (medai.slicer.panel) can use them
+# before PyTorch is installed; medai.models.loader re-exports them.
+CARD_NAMES = ("medai.json", "card.json", "model_card.json")
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded; the message names the file and what to do."""
+
+
+def _card_beside(path: Path) -> Path | None:
+    for candidate in (path.with_suffix(".json"), *(path.parent / n for n in CARD_NAMES)):
+        if candidate.exists() and candidate != path:
+            return candidate
+    return None
+
+
+def _names_from(raw) -> tuple[list[str], list[float | None]]:
+    """Class names (and optional thresholds) from a list of names/dicts or an index -> name/dict mapping."""
+    if raw is None:
+        return [], []
+    items = raw if isinstance(raw, list) else [raw[k] for k in sorted(raw, key=lambda k: int(k))]
+    names, thresholds = [], []
+    for item in items:
+        if isinstance(item, dict):
+            names.append(str(item.get("name", f"class {len(names)}")))
+            thresholds.append(item.get("threshold"))
+        else:
+            names.append(str(item))
+            thresholds.append(None)
+    return names, thresholds
+
+
 def _color(value: Any, index: int) -> tuple[float, float, float]:
     if value is None:
         return Label.default_color(index)

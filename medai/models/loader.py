@@ -22,15 +22,9 @@ import torch
 from ..fetch import FetchError, cache_dir, check_sha256, safe_extract_member, sha256_of
 from ..results import Label
 from . import catalog
-from .card import ModelCard, ModelCardError, parse_card, read_card, parse_labels
+from .card import CARD_NAMES, ModelCard, ModelCardError, ModelLoadError, _card_beside, parse_card, read_card, parse_labels
 
 log = logging.getLogger(__name__)
-
-CARD_NAMES = ("medai.json", "card.json", "model_card.json")
-
-
-class ModelLoadError(RuntimeError):
-    """A model that cannot be loaded; the message names the file and what to do."""
 
 
 @dataclass
@@ -357,13 +351,6 @@ def _read_card_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelCardError(f"{path}: not valid JSON ({exc})") from exc
-
-
-def _card_beside(path: Path) -> Path | None:
-    for candidate in (path.with_suffix(".json"), *(path.parent / n for n in CARD_NAMES)):
-        if candidate.exists() and candidate != path:
-            return candidate
-    return None
 
 
 def resolve_model_path(spec: str | Path, progress: Callable[[float], None] | None = None) -> Path:

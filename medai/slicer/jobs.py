@@ -264,7 +264,8 @@ class SegmentJob(Job):
         super().__init__(
             compute=lambda _, progress, cancel: logic.compute(self.input_volumes, model, device, progress, cancel),
             apply=lambda result: logic.apply(result, self.input_volumes[0], output_segmentation),
-            input_nodes=self.input_volumes, what=f"segmentation with {model}", schedule=schedule,
+            input_nodes=self.input_volumes + _node_nodes(output_segmentation), what=f"segmentation with {model}",
+            schedule=schedule,
             on_progress=on_progress, on_done=on_done, on_worker_progress=on_worker_progress)
 
     @property
@@ -289,8 +290,6 @@ class SegmentRunner(JobRunner):
         ``wait_for_completion=False`` returns the started :class:`SegmentJob` at once; ``progress(fraction, stage)``
         and ``completed(job)`` are then called on the main thread.
         """
-        if self.job is not None and not self.job.done:
-            raise RuntimeError("a segmentation is already running; cancel it or wait for it first")
         nodes = _volume_list(input_volumes)
         job = SegmentJob(self.logic, nodes, model, output_segmentation, device, self.schedule, progress, completed)
         return self.run(job, wait_for_completion, poll)
@@ -351,8 +350,6 @@ class ClassifyRunner(JobRunner):
         :class:`ClassifyJob` at once; ``progress(fraction, stage)`` and ``completed(job)`` are then
         called on the main thread.
         """
-        if self.job is not None and not self.job.done:
-            raise RuntimeError("a classification is already running; cancel it or wait for it first")
         nodes = _volume_list(input_volumes)
         job = ClassifyJob(self.logic, nodes, model, region, explain, device, target_class, method,
                           self.schedule, progress, completed)
@@ -411,7 +408,11 @@ class TrainJob(Job):
         from .training_bridge import classification_cases_from_table, segmentation_cases_from_scene
 
         task, nodes = _training_source(source)
-        if config.task != task and not (task == "classification" and config.task == "regression"):
+        if task == "classification" and config.task == "regression":
+            raise ValueError("regression training from a table node is not supported: the table's 'class' column is "
+                             "read as class names; train a classification model here, or train regression on a CSV "
+                             "of volumes and values with 'medai train --task regression'")
+        if config.task != task:
             raise ValueError(f"the training data is for {task} but the configuration asks for {config.task}; "
                              "use volume/segmentation pairs for segmentation and a table node for classification")
         if not out_dir:
@@ -476,7 +477,5 @@ class TrainRunner(JobRunner):
         then called on the main thread. ``register(model_dir)`` lists the finished model (see
         :func:`medai.slicer.panel.add_model`).
         """
-        if self.job is not None and not self.job.done:
-            raise RuntimeError("a training is already running; cancel it or wait for it first")
         job = TrainJob(source, out_dir, config, self.schedule, progress, completed, on_event, register)
         return self.run(job, wait_for_completion, poll)

@@ -6,14 +6,14 @@ tested headless.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..models import catalog
-from ..models.card import read_card
-from ..models.loader import CARD_NAMES, ModelLoadError, _card_beside
+from ..models.card import CARD_NAMES, ModelLoadError, _card_beside, _names_from, read_card
 
 IMPORT_FILTER = "MONAI models (*.zip *.json *.ts *.pt *.pth);;All files (*)"
 TIMING_ORDER = (("load", "load"), ("preprocess", "preprocess"), ("inference", "inference"),
@@ -129,8 +129,6 @@ def model_classes(spec: str) -> list[str]:
 
     Empty when the model names no classes (the engine then calls them ``class 0``, ``class 1``...).
     """
-    from ..engine.classify import _names_from
-
     card = _card_path(spec)
     if card is not None and card.exists():
         parsed = read_card(card)
@@ -162,10 +160,16 @@ def estimated_gpu_bytes(spec: str) -> int | None:
 
 
 def device_choices() -> list[tuple[str, str]]:
-    """(label, device) pairs: auto, cpu, then every CUDA GPU with its name and memory."""
+    """(label, device) pairs: auto, cpu, then every CUDA GPU with its name and memory.
+
+    Without PyTorch installed (a fresh Slicer, before the dependency check) only auto and cpu,
+    and torch is not imported.
+    """
+    choices = [("auto (GPU if available)", "auto"), ("CPU", "cpu")]
+    if importlib.util.find_spec("torch") is None:
+        return choices
     import torch
 
-    choices = [("auto (GPU if available)", "auto"), ("CPU", "cpu")]
     if torch.cuda.is_available():
         for n in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(n)
@@ -175,6 +179,8 @@ def device_choices() -> list[tuple[str, str]]:
 
 def device_hint(spec: str | None = None, gpu_bytes: int | None = None) -> str:
     """A hint when no GPU is found or its memory is below what the model needs; empty when all is well."""
+    if importlib.util.find_spec("torch") is None:  # before the dependency check: do not import torch
+        return "PyTorch is not installed yet: Apply offers to install it."
     import torch
 
     if not torch.cuda.is_available():
