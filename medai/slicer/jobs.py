@@ -262,7 +262,9 @@ class SegmentJob(Job):
         self.logic, self.input_volumes, self.model = logic, list(input_volumes), model
         self.output_segmentation, self.device = output_segmentation, device
         super().__init__(
-            compute=lambda _, progress, cancel: logic.compute(self.input_volumes, model, device, progress, cancel),
+            # voxels are read here, on the main thread; the worker only runs the model
+            prepare=lambda: logic.read_inputs(self.input_volumes),
+            compute=lambda volumes, progress, cancel: logic.compute_volumes(volumes, model, device, progress, cancel),
             apply=lambda result: logic.apply(result, self.input_volumes[0], output_segmentation),
             input_nodes=self.input_volumes + _node_nodes(output_segmentation), what=f"segmentation with {model}",
             schedule=schedule,

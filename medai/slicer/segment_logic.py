@@ -13,6 +13,7 @@ import time
 
 import slicer
 
+from ..geometry import Volume
 from ..engine.progress import CancelToken, ProgressCallback
 from ..engine.segment import segment as run_segmentation
 from ..models.loader import LoadedModel, load_model
@@ -33,17 +34,25 @@ class SegmentLogic:
     def load(self, model: str | LoadedModel, device: str = "auto") -> LoadedModel:
         return model if isinstance(model, LoadedModel) else load_model(model, device)
 
-    def compute(self, input_volumes, model: str | LoadedModel, device: str = "auto",
-                progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> SegmentationResult:
-        """The part that may run off the main thread: reads the nodes' voxels, touches no node."""
+    def read_inputs(self, input_volumes) -> list[Volume]:
+        """Main-thread part: the nodes' voxels (views, no copy) and world geometry."""
         nodes = list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
-        volumes = [bridge.volume_from_node(n) for n in nodes]
+        return [bridge.volume_from_node(n) for n in nodes]
+
+    def compute_volumes(self, volumes: list[Volume], model: str | LoadedModel, device: str = "auto",
+                        progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> SegmentationResult:
+        """The part that runs off the main thread: loads the model and segments; touches no node."""
         start = time.perf_counter()
         loaded = self.load(model, device)
         load_s = time.perf_counter() - start
         result = run_segmentation(loaded, volumes, progress, cancel)
         result.timings = {"load": load_s, **result.timings}
         return result
+
+    def compute(self, input_volumes, model: str | LoadedModel, device: str = "auto",
+                progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> SegmentationResult:
+        """:meth:`read_inputs` then :meth:`compute_volumes` on the calling thread; touches no node."""
+        return self.compute_volumes(self.read_inputs(input_volumes), model, device, progress, cancel)
 
     def apply(self, result: SegmentationResult, reference_node, output_segmentation=None, output_labelmap=None):
         """Main-thread part: put a finished result into the scene, all or nothing.
