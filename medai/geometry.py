@@ -134,6 +134,13 @@ def array_from_ijk(ijk: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(ijk).transpose(2, 1, 0))
 
 
+def crop_affine(ijk_to_ras: np.ndarray, start_ijk) -> np.ndarray:
+    """The IJK-to-RAS matrix of a box cropped from a grid, whose first voxel is ``start_ijk`` (i, j, k) of that grid."""
+    out = np.array(ijk_to_ras, dtype=np.float64, copy=True)
+    out[:3, 3] = out[:3, :3] @ np.asarray(start_ijk, dtype=np.float64) + out[:3, 3]
+    return out
+
+
 # --- orientation ---------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..explain.gradcam import METHOD_TITLES, METHODS, ExplainUnavailable, explain as explain_heatmap
 from ..explain.localize import Finding, hot_spots, region_components
-from ..geometry import GeometryError, Volume, array_from_ijk, reorient_to_ras, same_grid
+from ..geometry import GeometryError, Volume, array_from_ijk, crop_affine, reorient_to_ras, same_grid
 from ..models.card import ModelCardError, _names_from
 from ..models.loader import LoadedModel
 from ..resample import resample_volume_to
@@ -385,8 +385,7 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
                 x = _case_input(model, spec, case_volumes)
                 box = _crop_box(mask, margin) if mask is not None else tuple(slice(0, n) for n in x.shape[1:])
                 x = x[(slice(None), *box)]
-                affine = ref.ijk_to_ras.copy()  # the crop box's IJK-to-RAS
-                affine[:3, 3] = affine[:3, :3] @ np.array([b.start for b in box]) + affine[:3, 3]
+                affine = crop_affine(ref.ijk_to_ras, [b.start for b in box])  # the crop box's IJK-to-RAS (box is in I, J, K order)
                 prep = (_prepare_bundle(model, spec, x, affine, ref.name) if model.kind == "bundle"
                         else _prepare_card(model, spec, x, affine, mask is not None, ref.name))
             with progress.stage(f"{ref.name}: inference", (0.3 if explain else 0.8) * weight):

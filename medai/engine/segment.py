@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import GeometryError, Volume, array_from_ijk, reorient_to_ras
+from ..geometry import crop_affine as geometry_crop_affine
 from ..models.card import ModelCard, Stage
 from ..models.loader import LoadedModel
 from ..resample import grid_with_spacing, resample_channels
@@ -179,8 +180,7 @@ def segment_with_card(model: LoadedModel, volumes: list[Volume], progress: Progr
     for stage, net in zip(card.stages, model.networks):
         with progress.stage(f"inference ({stage.name})" if len(card.stages) > 1 else "inference", weight):
             crop = x[(slice(None), *box)]
-            crop_affine = affine.copy()
-            crop_affine[:3, 3] = affine[:3, :3] @ np.array([b.start for b in box]) + affine[:3, 3]
+            crop_affine = geometry_crop_affine(affine, [b.start for b in box])
             out, out_affine = _run_network(stage, net, crop, crop_affine, model.device, stats, progress)
             if stage.role == "localize":
                 local = _localize(out.cpu(), stage, tuple(crop.shape[1:]))

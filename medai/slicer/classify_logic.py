@@ -24,7 +24,7 @@ from vtk.util import numpy_support
 from ..engine.classify import ClassificationResult
 from ..engine.classify import classify as run_classification
 from ..engine.progress import CancelToken, ProgressCallback
-from ..geometry import GeometryError, Volume, same_grid
+from ..geometry import GeometryError, Volume, crop_affine, same_grid
 from ..models.loader import LoadedModel, load_model
 from ..resample import resample_volume_to
 from . import classify_nodes as nodes
@@ -94,8 +94,7 @@ def _segment_volume(seg_node, segment_id: str) -> Volume | None:
         return None
     to_world = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(to_world)  # segmentation-node coordinates
-    affine = bridge.node_to_world(seg_node) @ bridge._matrix_to_numpy(to_world)
-    affine[:3, 3] += affine[:3, :3] @ np.array([extent[0], extent[2], extent[4]], dtype=np.float64)
+    affine = crop_affine(bridge.node_to_world(seg_node) @ bridge._matrix_to_numpy(to_world), [extent[0], extent[2], extent[4]])
     return Volume(mask, affine, segment.GetName())
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geometry import Volume
+from ..geometry import Volume, crop_affine
 from ..io import read_image, write_volume
 
 TISSUE_LABELS = {1: "grey matter", 2: "white matter"}
@@ -43,11 +43,8 @@ def _load(mni_files: dict) -> tuple[Volume, np.ndarray]:
 
 def _sub(volume: Volume, array: np.ndarray, box: tuple[slice, slice, slice], name: str) -> Volume:
     """A sub-volume ([k, j, i] box) with its origin moved so it stays in place in the world."""
-    affine = volume.ijk_to_ras.copy()
     starts = [b.indices(n)[0] for b, n in zip(box, array.shape)]  # [k, j, i]
-    start_ijk = np.array(starts[::-1], dtype=np.float64)
-    affine[:3, 3] = volume.ijk_to_ras[:3, :3] @ start_ijk + volume.ijk_to_ras[:3, 3]
-    return Volume(np.ascontiguousarray(array[box]), affine, name)
+    return Volume(np.ascontiguousarray(array[box]), crop_affine(volume.ijk_to_ras, starts[::-1]), name)
 
 
 def brain_box(labels: np.ndarray, margin: int = 4) -> tuple[slice, slice, slice]:

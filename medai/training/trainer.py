@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..engine.common import autocast
 from ..engine.progress import Cancelled, CancelToken
 from ..metrics import classification_metrics, dice, regression_metrics
 from ..models.loader import build_network, load_model, resolve_device
@@ -203,10 +204,6 @@ def _schedule(optimizer, warmup: int, epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast("cuda", dtype=torch.float16) if (amp and device.type == "cuda") else nullcontext()
-
-
 def _validate(net, items: list[dict], task: str, roi: list[int], overlap: float, num_labels: list[int],
               device: torch.device, amp: bool, cancel: CancelToken) -> float:
     """The task's metric on preprocessed validation items (whole volumes, sliding windows for segmentation)."""
@@ -218,7 +215,7 @@ def _validate(net, items: list[dict], task: str, roi: list[int], overlap: float,
         for item in items:
             cancel.check()
             x = item["image"][None].to(device)
-            with _autocast(device, amp):
+            with autocast(device) if amp else nullcontext():
                 if task == "segmentation":
                     out = sliding_window_inference(x, roi, 4, net, overlap=overlap, mode="gaussian")
                 else:
@@ -379,7 +376,7 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
                     x = batch_data["image"].to(device)
                     y = batch_data["label"].to(device)
                     optimizer.zero_grad(set_to_none=True)
-                    with _autocast(device, use_amp):
+                    with autocast(device) if use_amp else nullcontext():
                         loss = loss_fn(net(x), y)
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
