@@ -217,3 +217,15 @@ def test_segment_region_from_closed_surface_source(scene):
     dice = 2 * (mask & (ball > 0)).sum() / (mask.sum() + ball.sum())
     assert dice > 0.8, dice
     assert not seg.GetSegmentation().ContainsRepresentation("Binary labelmap")  # the user's node is left as it was
+
+
+def test_apply_that_fails_half_way_adds_nothing(scene, tmp_path):
+    """A direct ClassifyLogic.apply (no job around it) is all or nothing too."""
+    node = _volume_node(scene)
+    logic = ClassifyLogic()
+    result = logic.compute([node], str(_card_3d(tmp_path)), device="cpu")
+    before = [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+    result.cases[0].heatmap = "not an array"  # the heatmap node fails after the table and chart exist
+    with pytest.raises(Exception):
+        logic.apply(result)
+    assert [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())] == before

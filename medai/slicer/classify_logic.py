@@ -194,23 +194,24 @@ class ClassifyLogic:
         return self.compute_volumes(volumes, mask, model, explain, device, progress, cancel, target_class, method)
 
     def apply(self, result: ClassificationResult, show: bool = True) -> ClassifyOutput:
-        """Main-thread part: put a finished result into the scene (tables, chart, heatmaps, findings)."""
+        """Main-thread part: put a finished result into the scene (tables, chart, heatmaps, findings), all or nothing."""
         scene = result.cases[0].reference.metadata.get("scene") or slicer.mrmlScene  # the inputs' own scene
         refs = [scene.GetNodeByID(c.reference.metadata.get("node_id", "")) for c in result.cases]
         out = ClassifyOutput(result)
-        out.table_node = nodes.scores_table_node(scene, result)
-        out.chart_node = nodes.scores_chart_node(scene, out.table_node, result)
-        for case, ref in zip(result.cases, refs):
-            if case.heatmap is not None and ref is not None:
-                out.heatmap_nodes.append(nodes.heatmap_node(scene, case, result, ref))
+        with bridge.all_or_nothing(scene):
+            out.table_node = nodes.scores_table_node(scene, result)
+            out.chart_node = nodes.scores_chart_node(scene, out.table_node, result)
+            for case, ref in zip(result.cases, refs):
+                if case.heatmap is not None and ref is not None:
+                    out.heatmap_nodes.append(nodes.heatmap_node(scene, case, result, ref))
+            findings = result.findings
+            if findings:
+                out.findings_table_node = nodes.findings_table_node(scene, findings, f"{result.model_name} findings")
+                out.markups_node = nodes.findings_markups_node(scene, findings, f"{result.model_name} findings")
         if out.heatmap_nodes:
             out.heatmap_node = out.heatmap_nodes[0]
-            if show:
+            if show:  # views change last, once every node exists
                 nodes.show_as_foreground(scene, out.heatmap_node, refs[0])
-        findings = result.findings
-        if findings:
-            out.findings_table_node = nodes.findings_table_node(scene, findings, f"{result.model_name} findings")
-            out.markups_node = nodes.findings_markups_node(scene, findings, f"{result.model_name} findings")
         for warning in result.warnings:
             log.warning(warning)
         self.last_result, self.last_output = result, out

@@ -7,6 +7,8 @@ leaves the scene as it was.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import slicer
 import vtk
@@ -170,3 +172,28 @@ def volume_node_from_volume(scene, volume: Volume, name: str | None = None, node
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.array))
     node.CreateDefaultDisplayNodes()
     return node
+
+
+@contextmanager
+def all_or_nothing(scene, output_segmentation=None):
+    """Scene changes inside the block happen completely or not at all.
+
+    On any exception, nodes added inside the block are removed again and ``output_segmentation``
+    (an existing node being refilled) gets its previous segments and transform back.
+    """
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    backup, old_transform = None, None
+    if output_segmentation is not None:
+        backup = slicer.vtkSegmentation()
+        backup.DeepCopy(output_segmentation.GetSegmentation())
+        old_transform = output_segmentation.GetTransformNodeID()
+    try:
+        yield
+    except BaseException:
+        if backup is not None:
+            output_segmentation.GetSegmentation().DeepCopy(backup)
+            output_segmentation.SetAndObserveTransformNodeID(old_transform)
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for extra in [n for n in added if n.GetID() not in before]:
+            scene.RemoveNode(extra)
+        raise

@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 import time
 
-import slicer
-
 from ..geometry import Volume
 from ..engine.progress import CancelToken, ProgressCallback
 from ..engine.segment import segment as run_segmentation
@@ -65,14 +63,7 @@ class SegmentLogic:
         if output_segmentation is not None and not output_segmentation.IsA("vtkMRMLSegmentationNode"):
             raise TypeError(f"{output_segmentation.GetName()}: the output must be a segmentation node, "
                             f"not {output_segmentation.GetClassName()}; choose a segmentation or create a new one")
-        scene = reference_node.GetScene()
-        before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-        backup = None
-        if output_segmentation is not None:
-            backup = slicer.vtkSegmentation()
-            backup.DeepCopy(output_segmentation.GetSegmentation())
-            old_transform = output_segmentation.GetTransformNodeID()
-        try:
+        with bridge.all_or_nothing(reference_node.GetScene(), output_segmentation):
             start = time.perf_counter()
             node = bridge.segmentation_node_from_result(result, reference_node, output_segmentation)
             self.last_labelmap_node = None
@@ -80,14 +71,6 @@ class SegmentLogic:
                 existing = None if output_labelmap is True else output_labelmap
                 self.last_labelmap_node = bridge.labelmap_node_from_result(result, reference_node, existing)
             result.timings["scene"] = time.perf_counter() - start
-        except BaseException:
-            if backup is not None:
-                output_segmentation.GetSegmentation().DeepCopy(backup)
-                output_segmentation.SetAndObserveTransformNodeID(old_transform)
-            added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
-            for extra in [n for n in added if n.GetID() not in before]:
-                scene.RemoveNode(extra)
-            raise
         self.last_result, self.last_timings = result, dict(result.timings)
         return node
 
