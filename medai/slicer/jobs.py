@@ -28,11 +28,13 @@ import logging
 import queue
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..engine.progress import CancelToken, Cancelled
+from . import scene as bridge
 from .classify_logic import ClassifyLogic, ClassifyOutput
 from .segment_logic import SegmentLogic
 
@@ -81,17 +83,6 @@ def _node_nodes(value) -> list:
     return [value] if hasattr(value, "GetScene") else []
 
 
-def _scene_node_ids(scene) -> set[str]:
-    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-
-
-def _remove_new_nodes(scene, before: set[str]) -> None:
-    """Remove the nodes added to ``scene`` since its node IDs were ``before``."""
-    for extra in [scene.GetNodeByID(i) for i in _scene_node_ids(scene) - before]:
-        if extra is not None:
-            scene.RemoveNode(extra)
-
-
 class Job:
     """One model run. ``state`` is running, succeeded, failed or cancelled; ``output`` what apply returned.
 
@@ -130,7 +121,7 @@ class Job:
         """Run ``prepare`` here (main thread), then ``compute`` on the worker; a prepare error fails the job."""
         self.started = time.perf_counter()
         scene = self.input_nodes[0].GetScene() if self.input_nodes else None
-        before = _scene_node_ids(scene) if scene is not None and self._prepare is not None else set()
+        before = bridge.node_ids(scene) if scene is not None and self._prepare is not None else set()
         try:
             self._prepared = self._prepare() if self._prepare is not None else None
         except BaseException as exc:  # noqa: BLE001 - reported like any other failure, through the queue
@@ -138,7 +129,7 @@ class Job:
             return self
         finally:
             if before:  # prepare only reads: drop helper nodes a reader left (slicer.util's temporary labelmaps)
-                _remove_new_nodes(scene, before)
+                bridge.remove_nodes_added_since(scene, before)
         self._thread.start()
         return self
 
@@ -185,19 +176,17 @@ class Job:
     # -- main thread -----------------------------------------------------------------------------
     def _apply(self, result) -> None:
         scene = self.input_nodes[0].GetScene() if self.input_nodes else None
-        before = _scene_node_ids(scene) if scene is not None else set()
         try:
-            self.cancel_token.check()  # cancelled after compute: still leave the scene alone
-            for node in self.input_nodes:
-                if node.GetScene() is None:
-                    raise RuntimeError(f"{node.GetName()}: the input was removed from the scene while the model ran; "
-                                       "add it again and run once more")
-            start = time.perf_counter()
-            output = self._apply_fn(result)
-            apply_s = time.perf_counter() - start
+            with bridge.all_or_nothing(scene) if scene is not None else nullcontext():
+                self.cancel_token.check()  # cancelled after compute: still leave the scene alone
+                for node in self.input_nodes:
+                    if node.GetScene() is None:
+                        raise RuntimeError(f"{node.GetName()}: the input was removed from the scene while the model ran; "
+                                           "add it again and run once more")
+                start = time.perf_counter()
+                output = self._apply_fn(result)
+                apply_s = time.perf_counter() - start
         except BaseException as exc:  # noqa: BLE001
-            if scene is not None:  # all or nothing: drop what a half-done apply added
-                _remove_new_nodes(scene, before)
             self._finish(None, exc)
             return
         self.result = result

@@ -174,6 +174,18 @@ def volume_node_from_volume(scene, volume: Volume, name: str | None = None, node
     return node
 
 
+def node_ids(scene) -> set[str]:
+    """The IDs of every node in ``scene``."""
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def remove_nodes_added_since(scene, before: set[str]) -> None:
+    """Remove the nodes added to ``scene`` since its node IDs were ``before``."""
+    for extra in [scene.GetNodeByID(i) for i in node_ids(scene) - before]:
+        if extra is not None:
+            scene.RemoveNode(extra)
+
+
 @contextmanager
 def all_or_nothing(scene, output_segmentation=None):
     """Scene changes inside the block happen completely or not at all.
@@ -181,7 +193,7 @@ def all_or_nothing(scene, output_segmentation=None):
     On any exception, nodes added inside the block are removed again and ``output_segmentation``
     (an existing node being refilled) gets its previous segments and transform back.
     """
-    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    before = node_ids(scene)
     backup, old_transform = None, None
     if output_segmentation is not None:
         backup = slicer.vtkSegmentation()
@@ -193,7 +205,5 @@ def all_or_nothing(scene, output_segmentation=None):
         if backup is not None:
             output_segmentation.GetSegmentation().DeepCopy(backup)
             output_segmentation.SetAndObserveTransformNodeID(old_transform)
-        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
-        for extra in [n for n in added if n.GetID() not in before]:
-            scene.RemoveNode(extra)
+        remove_nodes_added_since(scene, before)
         raise
