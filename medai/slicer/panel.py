@@ -6,6 +6,7 @@ tested headless.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import zipfile
@@ -177,6 +178,14 @@ def device_choices() -> list[tuple[str, str]]:
     return choices
 
 
+@functools.lru_cache(maxsize=1)
+def _gpu_free_bytes() -> int:
+    """Free GPU memory, read once per session: reading it creates a CUDA context, not worth paying per model click."""
+    import torch
+
+    return int(torch.cuda.mem_get_info()[0])
+
+
 def device_hint(spec: str | None = None, gpu_bytes: int | None = None) -> str:
     """A hint when no GPU is found or its memory is below what the model needs; empty when all is well."""
     if importlib.util.find_spec("torch") is None:  # before the dependency check: do not import torch
@@ -185,7 +194,7 @@ def device_hint(spec: str | None = None, gpu_bytes: int | None = None) -> str:
 
     if not torch.cuda.is_available():
         return "No CUDA GPU found: the model runs on the CPU, which can take minutes for a large volume."
-    free = gpu_bytes if gpu_bytes is not None else torch.cuda.mem_get_info()[0]
+    free = gpu_bytes if gpu_bytes is not None else _gpu_free_bytes()
     needed = estimated_gpu_bytes(spec) if spec else None
     if needed is not None and free < needed:
         return (f"The GPU has {free / GIB:.1f} GiB free but this model needs about {needed / GIB:.1f} GiB; "
