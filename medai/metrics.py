@@ -33,21 +33,18 @@ def surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~eroded
 
 
-def directed_surface_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
-    """Distance (mm) from every surface voxel of ``a`` to the nearest surface voxel of ``b``."""
-    sa, sb = surface(a), surface(b)
-    if not sa.any() or not sb.any():
-        return np.array([], dtype=np.float64)
-    dist = ndimage.distance_transform_edt(~sb, sampling=None if spacing is None else list(spacing))
-    return dist[sa].astype(np.float64)
+def _distances_to(surface_from: np.ndarray, surface_to: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray:
+    """Distance (mm) from every voxel of ``surface_from`` to the nearest voxel of ``surface_to``."""
+    dist = ndimage.distance_transform_edt(~surface_to, sampling=None if spacing is None else list(spacing))
+    return dist[surface_from].astype(np.float64)
 
 
 def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = None) -> dict[str, float]:
     """``hd95``, ``hd`` (maximum) and ``msd`` (symmetric mean surface distance) in mm; nan if a mask is empty."""
-    d_pr = directed_surface_distances(pred, ref, spacing)
-    d_rp = directed_surface_distances(ref, pred, spacing)
-    if d_pr.size == 0 or d_rp.size == 0:
+    sp, sr = surface(pred), surface(ref)  # each surface once, for both directions
+    if not sp.any() or not sr.any():
         return {"hd95": math.nan, "hd": math.nan, "msd": math.nan}
+    d_pr, d_rp = _distances_to(sp, sr, spacing), _distances_to(sr, sp, spacing)
     return {
         "hd95": float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95))),
         "hd": float(max(d_pr.max(), d_rp.max())),

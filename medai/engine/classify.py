@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..explain.gradcam import METHOD_TITLES, METHODS, ExplainUnavailable, explain as explain_heatmap
 from ..explain.localize import Finding, hot_spots, region_components
 from ..geometry import GeometryError, Volume, array_from_ijk, crop_affine, reorient_to_ras, same_grid
-from ..models.card import ModelCardError, _names_from
+from ..models.card import ModelCardError, _names_from, bundle_output
 from ..models.loader import LoadedModel
 from ..resample import resample_volume_to
 from .common import activation as apply_activation
@@ -61,8 +61,7 @@ def _bundle_spec(model: LoadedModel) -> OutputSpec:
     meta = model.card.raw
     fmt = meta.get("network_data_format", {})
     image_in = fmt.get("inputs", {}).get("image", {})
-    outputs = fmt.get("outputs", {})
-    out = outputs.get("pred") or next(iter(outputs.values()), {})
+    out = bundle_output(meta)
     names, _ = _names_from({k: v for k, v in (out.get("channel_def") or {}).items() if str(k).isdigit()})
     n_out = int(out.get("num_channels", len(names) or 1))
     names = names if len(names) == n_out else [f"class {i}" for i in range(n_out)]

@@ -247,3 +247,9 @@ def read_card(path: str | Path) -> ModelCard:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelCardError(f"{path}: not valid JSON ({exc})") from exc
     return parse_card(raw, path.parent, where=str(path))
+
+
+def bundle_output(meta: dict) -> dict:
+    """A MONAI Bundle's main output description (``network_data_format.outputs.pred``, else the first one)."""
+    outputs = meta.get("network_data_format", {}).get("outputs", {})
+    return outputs.get("pred") or next(iter(outputs.values()), {})

@@ -22,7 +22,7 @@ import torch
 from ..fetch import FetchError, cache_dir, check_sha256, safe_extract_member, sha256_of
 from ..results import Label
 from . import catalog
-from .card import CARD_NAMES, ModelCard, ModelCardError, ModelLoadError, _card_beside, parse_card, read_card, parse_labels
+from .card import CARD_NAMES, ModelCard, bundle_output, ModelCardError, ModelLoadError, _card_beside, parse_card, read_card, parse_labels
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +240,7 @@ def bundle_labels(meta: dict) -> list[Label]:
     With a "background" channel, channel N is label value N; without one (sigmoid multi-label
     outputs such as BraTS), every channel is a class and channel N becomes value N + 1.
     """
-    outputs = meta.get("network_data_format", {}).get("outputs", {})
-    out = outputs.get("pred") or next(iter(outputs.values()), {})
+    out = bundle_output(meta)
     channel_def = {str(k): v for k, v in (out.get("channel_def") or {}).items() if str(k).isdigit()}
     if any(str(v).lower() == "background" for v in channel_def.values()):
         raw = {k: v for k, v in channel_def.items() if str(v).lower() != "background"}
@@ -338,8 +337,7 @@ def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
 
 
 def _bundle_task(meta: dict) -> str:
-    fmt = meta.get("network_data_format", {}).get("outputs", {})
-    out = fmt.get("pred") or next(iter(fmt.values()), {})
+    out = bundle_output(meta)
     return "classification" if out.get("type") in ("probabilities", "logits") or "classif" in meta.get("task", "").lower() else "segmentation"
 
 

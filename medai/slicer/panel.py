@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..models import catalog
-from ..models.card import CARD_NAMES, ModelLoadError, _card_beside, _names_from, read_card
+from ..models.card import CARD_NAMES, ModelLoadError, _card_beside, _names_from, bundle_output, read_card
 
 IMPORT_FILTER = "MONAI models (*.zip *.json *.ts *.pt *.pth);;All files (*)"
 TIMING_ORDER = (("load", "load"), ("preprocess", "preprocess"), ("inference", "inference"),
@@ -137,8 +137,7 @@ def model_classes(spec: str) -> list[str]:
         return names or [lab.name for lab in parsed.labels]
     meta = Path(spec).expanduser() / "configs" / "metadata.json"
     if meta.exists():
-        outputs = json.loads(meta.read_text()).get("network_data_format", {}).get("outputs", {})
-        out = outputs.get("pred") or next(iter(outputs.values()), {})
+        out = bundle_output(json.loads(meta.read_text()))
         names, _ = _names_from({k: v for k, v in (out.get("channel_def") or {}).items() if str(k).isdigit()})
         return names
     return []
