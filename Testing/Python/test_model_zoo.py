@@ -13,7 +13,8 @@ import torch
 from conftest import oblique_affine
 from medai.engine.segment import segment
 from medai.geometry import Volume
-from medai.models.loader import load_model, parse_network_def
+from medai.models.formats.bundle import parse_network_def
+from medai.models.loader import load_model
 
 SEGMENTATION_BUNDLES = {
     # name: (input channels, voxel spacing of the test volume)

@@ -47,7 +47,7 @@ def test_check_import_accepts_models_and_names_what_is_wrong(tmp_path):
     with pytest.raises(ModelLoadError, match="no such file"):
         panel.check_import(tmp_path / "missing.zip")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="neither a MONAI Bundle"):
+    with pytest.raises(ModelLoadError, match="not a model format MedAI reads"):
         panel.check_import(tmp_path / "empty")
     (tmp_path / "bad.zip").write_text("not a zip")
     with pytest.raises(ModelLoadError, match="not a valid zip"):

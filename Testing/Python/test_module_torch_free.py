@@ -102,12 +102,23 @@ def test_medailib_modules_import_and_logic_is_created_without_torch():
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
 
 
-def test_loader_still_exports_the_moved_names():
-    from medai.models import card, loader
-
-    assert loader.CARD_NAMES is card.CARD_NAMES
-    assert loader.ModelLoadError is card.ModelLoadError
-    assert loader._card_beside is card._card_beside
+def test_format_registry_recognises_paths_without_torch(tmp_path):
+    """The panels' Import model... asks the registry which format a path is, before PyTorch is installed."""
+    (tmp_path / "bundle" / "configs").mkdir(parents=True)
+    (tmp_path / "bundle" / "configs" / "metadata.json").write_text("{}")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "medai.json").write_text("{}")
+    proc = _run(stubs=False, code=f"""
+        import sys
+        from pathlib import Path
+        from medai.models.formats import format_for
+        root = Path({str(tmp_path)!r})
+        assert format_for(root / "bundle").name == "bundle"
+        assert format_for(root / "mine").name == "card"
+        assert [m for m in ("torch", "monai") if sys.modules.get(m) is not None] == []
+        print("OK")
+    """)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
 
 
 def test_run_job_stops_the_pump_only_when_no_job_runs():

@@ -182,5 +182,5 @@ def test_progress_text_folders_and_add_model_errors(tmp_path):
     first = panel.default_train_folder("m", tmp_path)
     first.mkdir()
     assert first == tmp_path / "m" and panel.default_train_folder("m", tmp_path) == tmp_path / "m-2"
-    with pytest.raises(ModelLoadError, match="neither a MONAI Bundle"):
+    with pytest.raises(ModelLoadError, match="not a model format MedAI reads"):
         panel.add_model([], first)

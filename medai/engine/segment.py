@@ -267,9 +267,9 @@ def segment(model: LoadedModel, volumes: list[Volume], callback: ProgressCallbac
         raise ValueError(f"model {model.name} is a {model.card.task} model; use it with MedAIClassify / `medai classify`")
     progress = Progress(callback, cancel)
     with model.lock:  # networks are not re-entrant on one device
-        if model.kind == "bundle":
-            result = segment_with_bundle(model, volumes, progress)
-        else:
+        if model.format is not None:
+            result = model.format.segment(model, volumes, progress)
+        else:  # a LoadedModel built by hand (tests, training) is a card model
             result = segment_with_card(model, volumes, progress)
     progress.done()
     return result

@@ -238,15 +238,18 @@ def parse_card(raw: dict, root: Path, where: str = "model card") -> ModelCard:
     )
 
 
-def read_card(path: str | Path) -> ModelCard:
+def read_card_json(path: str | Path) -> dict:
+    """A card file's JSON; a clear error naming the file when it is not JSON."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelCardError(f"{path}: not valid JSON ({exc})") from exc
-    return parse_card(raw, path.parent, where=str(path))
+
+
+def read_card(path: str | Path) -> ModelCard:
+    path = Path(path)
+    return parse_card(read_card_json(path), path.parent, where=str(path))
 
 
 def bundle_output(meta: dict) -> dict:

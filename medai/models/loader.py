@@ -1,4 +1,7 @@
-"""One loader for every model format: catalog name, MONAI Bundle (folder or zip), model card, TorchScript, ONNX.
+"""Loading models by catalog name or path: the format registry (:mod:`medai.models.formats`) picks the reader.
+
+This module holds what every format shares: the :class:`LoadedModel` it returns, the device
+choice, safe weight reading and network building, and one cache of loaded models.
 
 Security: weights are read with ``torch.load(weights_only=True)`` (no pickled code runs) or
 ``torch.jit.load``, and checked against the sha256 a card gives. But a MONAI Bundle config and
@@ -9,20 +12,18 @@ code.** Only load models you trust.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..fetch import FetchError, cache_dir, check_sha256, safe_extract_member, sha256_of
+from ..fetch import FetchError, check_sha256
 from ..results import Label
 from . import catalog
-from .card import CARD_NAMES, ModelCard, bundle_output, ModelCardError, ModelLoadError, _card_beside, parse_card, read_card, parse_labels
+from .card import ModelCard, ModelCardError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,10 @@ class LoadedModel:
     card: ModelCard
     networks: list[torch.nn.Module]
     device: torch.device
-    kind: str  # "card", "torchscript", "onnx" or "bundle"
+    kind: str  # the format's name: "card", "torchscript", "onnx", "bundle", ...
     source: Path
     bundle: BundleParts | None = None
+    format: Any = None  # the medai.models.formats.ModelFormat that read it (set by load_model)
     notes: list[str] = field(default_factory=list)  # what the loader had to adapt (partial weights, CPU fallback)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -82,7 +84,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 # --- weights --------------------------------------------------------------------------------
 
 
-def _require_file(path: Path, sha256: str | None, what: str) -> None:
+def require_file(path: Path, sha256: str | None, what: str) -> None:
     """The file must exist and, when the card gives a sha256, match it."""
     if not path.exists():
         raise ModelLoadError(f"{what} not found: {path}")
@@ -94,7 +96,7 @@ def _require_file(path: Path, sha256: str | None, what: str) -> None:
 
 def load_state_dict(path: Path, sha256: str | None = None) -> dict:
     """Read a checkpoint safely (``weights_only=True``) and unwrap common containers."""
-    _require_file(path, sha256, "weights file")
+    require_file(path, sha256, "weights file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError for corrupt zips, EOFError...
@@ -113,7 +115,7 @@ def load_state_dict(path: Path, sha256: str | None = None) -> dict:
 
 
 def load_torchscript(path: Path, sha256: str | None = None) -> torch.nn.Module:
-    _require_file(path, sha256, "TorchScript file")
+    require_file(path, sha256, "TorchScript file")
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
@@ -189,166 +191,7 @@ def _summarise(keys: list[str], n: int = 4) -> str:
     return ", ".join(heads[:n]) + (f" (+{len(heads) - n} more)" if len(heads) > n else "")
 
 
-# --- bundles --------------------------------------------------------------------------------
-
-
-def _find_config(folder: Path, stem: str) -> Path | None:
-    for ext in (".json", ".yaml", ".yml"):
-        p = folder / "configs" / f"{stem}{ext}"
-        if p.exists():
-            return p
-    return None
-
-
-def extract_bundle_zip(path: Path) -> Path:
-    """Unpack a bundle zip into the cache (once per content hash), refusing escaping entries."""
-    digest = sha256_of(path)[:16]
-    dest = cache_dir() / "bundles" / f"{path.stem}-{digest}"
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if not n.endswith("/")]
-            for n in names:
-                if n.startswith("/") or ".." in Path(n).parts:
-                    raise ModelLoadError(f"{path}: entry {n!r} points outside the bundle folder; refusing this zip")
-            if not (dest / ".complete").exists():
-                for n in names:
-                    safe_extract_member(z, n, dest / n)
-                (dest / ".complete").write_text("ok")
-    except zipfile.BadZipFile as exc:
-        raise ModelLoadError(f"{path}: not a valid zip file") from exc
-    roots = {p.parent.parent for p in dest.rglob("configs/metadata.json")}
-    if len(roots) != 1:
-        raise ModelLoadError(f"{path}: expected one bundle (configs/metadata.json) in the zip, found {len(roots)}")
-    return roots.pop()
-
-
-def _strip(parser: Any, key: str, names: tuple[str, ...]) -> None:
-    """Remove file I/O transforms from a bundle Compose config (call before parsing anything).
-
-    They are removed from the config before parsing, so that e.g. an ITK-based LoadImaged is never
-    instantiated (the image arrives in memory). Invertd keeps referring to the parsed Compose.
-    """
-    config = parser[key]
-    if isinstance(config, dict) and isinstance(config.get("transforms"), list):
-        kept = [t for t in config["transforms"] if not (isinstance(t, dict) and str(t.get("_target_", "")).split(".")[-1] in names)]
-        parser[key] = {**config, "transforms": kept}
-
-
-def bundle_labels(meta: dict) -> list[Label]:
-    """Label names from ``network_data_format.outputs.pred.channel_def``.
-
-    With a "background" channel, channel N is label value N; without one (sigmoid multi-label
-    outputs such as BraTS), every channel is a class and channel N becomes value N + 1.
-    """
-    out = bundle_output(meta)
-    channel_def = {str(k): v for k, v in (out.get("channel_def") or {}).items() if str(k).isdigit()}
-    if any(str(v).lower() == "background" for v in channel_def.values()):
-        raw = {k: v for k, v in channel_def.items() if str(v).lower() != "background"}
-    else:
-        raw = {str(int(k) + 1): v for k, v in channel_def.items()}
-    return parse_labels(raw, "bundle metadata")
-
-
-# Network arguments that newer MONAI versions removed; bundles published earlier still pass them.
-REMOVED_NETWORK_ARGS = ("img_size",)
-
-
-def parse_network_def(parser: Any, key: str = "network_def") -> torch.nn.Module:
-    """Instantiate a bundle's network, dropping arguments the installed MONAI no longer accepts."""
-    try:
-        return parser.get_parsed_content(key)
-    except Exception as exc:
-        text = "".join(str(e) for e in (exc, exc.__cause__) if e)
-        dropped = [a for a in REMOVED_NETWORK_ARGS if f"unexpected keyword argument '{a}'" in text and a in parser[key]]
-        if not dropped:
-            raise
-        log.warning("%s: dropping %s, which this MONAI version no longer accepts", key, ", ".join(dropped))
-        config = dict(parser[key])
-        for a in dropped:
-            config.pop(a)
-        parser[key] = config
-        return parser.get_parsed_content(key, lazy=False)
-
-
-def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
-    from monai.bundle import ConfigParser
-
-    meta_path = folder / "configs" / "metadata.json"
-    infer_path = _find_config(folder, "inference")
-    if not meta_path.exists() or infer_path is None:
-        raise ModelLoadError(f"{folder}: not a MONAI Bundle (needs configs/metadata.json and configs/inference.json|yaml)")
-    parser = ConfigParser()
-    parser.read_meta(str(meta_path))
-    parser.read_config(str(infer_path))
-    parser["bundle_root"] = str(folder)
-    parser["device"] = f"$torch.device('{device}')"
-    meta = json.loads(meta_path.read_text())
-    where = f"bundle {folder.name}"
-    # the image arrives in memory and the result goes to the scene: no file I/O transforms
-    # (classification inputs also arrive channel-first already, and scores go to tables, not files)
-    classification = _bundle_task(meta) == "classification"
-    _strip(parser, "preprocessing", ("LoadImaged", "LoadImage") + (("EnsureChannelFirstd", "EnsureChannelFirst") if classification else ()))
-    if "postprocessing" in parser:
-        _strip(parser, "postprocessing", ("SaveImaged", "SaveImage", "SaveClassificationd", "SaveClassification"))
-    try:
-        ts_path, pt_path = folder / "models" / "model.ts", folder / "models" / "model.pt"
-        if pt_path.exists():
-            net_def = parser.get("network_def")
-            if isinstance(net_def, dict) and net_def.get("pretrained"):
-                parser["network_def"]["pretrained"] = False  # models/model.pt replaces them; nothing is downloaded
-            network = parse_network_def(parser)
-            state = load_state_dict(pt_path)
-            try:
-                network.load_state_dict(state)
-            except RuntimeError as exc:
-                raise ModelLoadError(f"{pt_path}: weights do not fit the bundle's network_def ({str(exc).splitlines()[0][:300]})") from exc
-        elif ts_path.exists():
-            network = load_torchscript(ts_path)
-        else:
-            raise ModelLoadError(
-                f"{where}: no weights; put the bundle's models/model.pt (or model.ts) into {folder / 'models'} "
-                "(configs/large_files.yml names where the published weights are)"
-            )
-        preprocessing = parser.get_parsed_content("preprocessing")
-        inferer = parser.get_parsed_content("inferer")
-        # parsed after preprocessing, so its Invertd refers to that very Compose object
-        postprocessing = parser.get_parsed_content("postprocessing") if "postprocessing" in parser else None
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(f"{where}: cannot parse its inference config ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from exc
-    fmt = meta.get("network_data_format", {})
-    image_in = fmt.get("inputs", {}).get("image", {})
-    channels = int(image_in.get("num_channels", 1))
-    card = ModelCard(
-        name=meta.get("name") or folder.name,
-        task=_bundle_task(meta),
-        stages=[],
-        labels=bundle_labels(meta),
-        inputs=[{"name": str(n), "modality": image_in.get("modality", "")} for n in (image_in.get("channel_def") or {str(i): f"channel {i}" for i in range(channels)}).values()],
-        root=folder,
-        title=meta.get("name", folder.name),
-        description=meta.get("description", ""),
-        license=(folder / "LICENSE").read_text().splitlines()[0] if (folder / "LICENSE").exists() else "",
-        raw=meta,
-    )
-    parts = BundleParts(parser, parser.get("image_key", "image") or "image", preprocessing, inferer, postprocessing)
-    return LoadedModel(card, [network.to(device).eval()], device, "bundle", folder, parts)
-
-
-def _bundle_task(meta: dict) -> str:
-    out = bundle_output(meta)
-    return "classification" if out.get("type") in ("probabilities", "logits") or "classif" in meta.get("task", "").lower() else "segmentation"
-
-
 # --- entry point ------------------------------------------------------------------------------
-
-
-def _read_card_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelCardError(f"{path}: not valid JSON ({exc})") from exc
 
 
 def resolve_model_path(spec: str | Path, progress: Callable[[float], None] | None = None) -> Path:
@@ -366,50 +209,18 @@ def resolve_model_path(spec: str | Path, progress: Callable[[float], None] | Non
         raise ModelLoadError(str(exc)) from exc
 
 
-def _load_uncached(path: Path, device: torch.device) -> LoadedModel:
-    if path.is_dir():
-        if (path / "configs" / "metadata.json").exists():
-            return load_bundle(path, device)
-        card_path = next((path / n for n in CARD_NAMES if (path / n).exists()), None)
-        if card_path is None:
-            raise ModelLoadError(f"{path}: neither a MONAI Bundle (configs/metadata.json) nor a folder with a model card ({', '.join(CARD_NAMES)})")
-        path = card_path
-    if path.suffix.lower() == ".zip":
-        return load_bundle(extract_bundle_zip(path), device)
-    if path.suffix.lower() == ".json":
-        card = read_card(path)
-        kind = "card"
-    elif path.suffix.lower() in (".ts", ".pt", ".pth", ".torchscript"):
-        beside = _card_beside(path)
-        if beside is None:
-            raise ModelLoadError(f"{path}: a TorchScript model needs a model card beside it ({path.with_suffix('.json').name}) naming its labels and preprocessing")
-        raw = _read_card_json(beside)
-        raw.setdefault("weights", path.name)
-        card = parse_card(raw, path.parent, where=str(beside))
-        kind = "torchscript"
-    elif path.suffix.lower() == ".onnx":
-        from .onnx_model import OnnxNetwork
+def card_networks(card: ModelCard, device: torch.device, notes: list[str]) -> list[torch.nn.Module]:
+    """Every stage's network of a card (checkpoint or TorchScript), on ``device``, in eval mode."""
+    return [_stage_network(card, i, notes).to(device).eval() for i in range(len(card.stages))]
 
-        beside = _card_beside(path)
-        if beside is None:
-            raise ModelLoadError(f"{path}: an ONNX model needs a model card beside it ({path.with_suffix('.json').name}) naming its task, classes and preprocessing")
-        raw = _read_card_json(beside)
-        raw["weights"] = path.name
-        raw.pop("network", None)
-        card = parse_card(raw, path.parent, where=str(beside))
-        _require_file(path, card.stages[-1].sha256, "ONNX model")
-        try:
-            net = OnnxNetwork(path, device)
-        except ImportError as exc:
-            raise ModelLoadError(f"{path}: ONNX models need onnxruntime (pip install onnxruntime)") from exc
-        except Exception as exc:
-            raise ModelLoadError(f"{path}: onnxruntime cannot load this model ({str(exc).splitlines()[0][:300]})") from exc
-        return LoadedModel(card, [net], device, "onnx", path, notes=[net.note] if net.note else [])
-    else:
-        raise ModelLoadError(f"{path}: unknown model format; give a bundle folder or .zip, a .json model card, a TorchScript file or an .onnx file with a card")
-    notes: list[str] = []
-    networks = [_stage_network(card, i, notes).to(device).eval() for i in range(len(card.stages))]
-    return LoadedModel(card, networks, device, kind, path, notes=notes)
+
+def _load_uncached(path: Path, device: torch.device) -> LoadedModel:
+    from .formats import format_for
+
+    fmt = format_for(path)
+    model = fmt.load(path, device)
+    model.format = fmt
+    return model
 
 
 _CACHE: dict[tuple[str, str], tuple[int, LoadedModel]] = {}  # (path, device) -> (files' newest mtime, model)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..models import catalog
+from ..models.formats import format_for
 from ..models.card import CARD_NAMES, ModelLoadError, _card_beside, _names_from, bundle_output, read_card
 
 IMPORT_FILTER = "MONAI models (*.zip *.json *.ts *.pt *.pth);;All files (*)"
@@ -81,21 +81,9 @@ def _is_trained(spec: str) -> bool:
 
 
 def check_import(path: str | Path) -> str:
-    """The path as a model spec, or an error that says which kinds can be imported."""
+    """The path as a model spec, or an error that says which kinds can be imported (asks the format registry)."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise ModelLoadError(f"{p}: no such file or folder; choose a MONAI Bundle folder or .zip, a model card .json "
-                             "or a TorchScript file with its card beside it")
-    if p.is_dir():
-        if not ((p / "configs" / "metadata.json").exists() or any((p / n).exists() for n in CARD_NAMES)):
-            raise ModelLoadError(f"{p}: the folder holds neither a MONAI Bundle (configs/metadata.json) nor a model card "
-                                 f"({', '.join(CARD_NAMES)})")
-    elif p.suffix.lower() == ".zip":
-        if not zipfile.is_zipfile(p):
-            raise ModelLoadError(f"{p}: not a valid zip file; export the MONAI Bundle again")
-    elif p.suffix.lower() != ".json" and not _card_beside(p):
-        raise ModelLoadError(f"{p}: a TorchScript or checkpoint file needs a model card beside it "
-                             f"({p.with_suffix('.json').name} or {CARD_NAMES[0]})")
+    format_for(p).check(p)
     return str(p.resolve())
 
 

@@ -1,0 +1,199 @@
+"""MONAI Bundles as published in the model zoo: a folder or a ``.zip`` with ``configs/metadata.json``.
+
+They run in memory through ``monai.bundle.ConfigParser`` with the bundle's own preprocessing,
+inferer and postprocessing (``Invertd`` included); ``LoadImage``/``SaveImage`` are removed from
+the config before parsing, so no file I/O transform is ever instantiated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...fetch import cache_dir, safe_extract_member, sha256_of
+from ...results import Label
+from ..card import ModelCard, ModelLoadError, bundle_output, parse_labels
+from . import ModelFormat, zip_names
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ..loader import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def _find_config(folder: Path, stem: str) -> Path | None:
+    for ext in (".json", ".yaml", ".yml"):
+        p = folder / "configs" / f"{stem}{ext}"
+        if p.exists():
+            return p
+    return None
+
+
+def extract_bundle_zip(path: Path) -> Path:
+    """Unpack a bundle zip into the cache (once per content hash), refusing escaping entries."""
+    digest = sha256_of(path)[:16]
+    dest = cache_dir() / "bundles" / f"{path.stem}-{digest}"
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if not n.endswith("/")]
+            for n in names:
+                if n.startswith("/") or ".." in Path(n).parts:
+                    raise ModelLoadError(f"{path}: entry {n!r} points outside the bundle folder; refusing this zip")
+            if not (dest / ".complete").exists():
+                for n in names:
+                    safe_extract_member(z, n, dest / n)
+                (dest / ".complete").write_text("ok")
+    except zipfile.BadZipFile as exc:
+        raise ModelLoadError(f"{path}: not a valid zip file") from exc
+    roots = {p.parent.parent for p in dest.rglob("configs/metadata.json")}
+    if len(roots) != 1:
+        raise ModelLoadError(f"{path}: expected one bundle (configs/metadata.json) in the zip, found {len(roots)}")
+    return roots.pop()
+
+
+def _strip(parser: Any, key: str, names: tuple[str, ...]) -> None:
+    """Remove file I/O transforms from a bundle Compose config (call before parsing anything).
+
+    They are removed from the config before parsing, so that e.g. an ITK-based LoadImaged is never
+    instantiated (the image arrives in memory). Invertd keeps referring to the parsed Compose.
+    """
+    config = parser[key]
+    if isinstance(config, dict) and isinstance(config.get("transforms"), list):
+        kept = [t for t in config["transforms"] if not (isinstance(t, dict) and str(t.get("_target_", "")).split(".")[-1] in names)]
+        parser[key] = {**config, "transforms": kept}
+
+
+def bundle_labels(meta: dict) -> list[Label]:
+    """Label names from ``network_data_format.outputs.pred.channel_def``.
+
+    With a "background" channel, channel N is label value N; without one (sigmoid multi-label
+    outputs such as BraTS), every channel is a class and channel N becomes value N + 1.
+    """
+    out = bundle_output(meta)
+    channel_def = {str(k): v for k, v in (out.get("channel_def") or {}).items() if str(k).isdigit()}
+    if any(str(v).lower() == "background" for v in channel_def.values()):
+        raw = {k: v for k, v in channel_def.items() if str(v).lower() != "background"}
+    else:
+        raw = {str(int(k) + 1): v for k, v in channel_def.items()}
+    return parse_labels(raw, "bundle metadata")
+
+
+# Network arguments that newer MONAI versions removed; bundles published earlier still pass them.
+REMOVED_NETWORK_ARGS = ("img_size",)
+
+
+def parse_network_def(parser: Any, key: str = "network_def") -> torch.nn.Module:
+    """Instantiate a bundle's network, dropping arguments the installed MONAI no longer accepts."""
+    try:
+        return parser.get_parsed_content(key)
+    except Exception as exc:
+        text = "".join(str(e) for e in (exc, exc.__cause__) if e)
+        dropped = [a for a in REMOVED_NETWORK_ARGS if f"unexpected keyword argument '{a}'" in text and a in parser[key]]
+        if not dropped:
+            raise
+        log.warning("%s: dropping %s, which this MONAI version no longer accepts", key, ", ".join(dropped))
+        config = dict(parser[key])
+        for a in dropped:
+            config.pop(a)
+        parser[key] = config
+        return parser.get_parsed_content(key, lazy=False)
+
+
+def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
+    from monai.bundle import ConfigParser
+
+    from ..loader import BundleParts, LoadedModel, load_state_dict, load_torchscript
+
+    meta_path = folder / "configs" / "metadata.json"
+    infer_path = _find_config(folder, "inference")
+    if not meta_path.exists() or infer_path is None:
+        raise ModelLoadError(f"{folder}: not a MONAI Bundle (needs configs/metadata.json and configs/inference.json|yaml)")
+    parser = ConfigParser()
+    parser.read_meta(str(meta_path))
+    parser.read_config(str(infer_path))
+    parser["bundle_root"] = str(folder)
+    parser["device"] = f"$torch.device('{device}')"
+    meta = json.loads(meta_path.read_text())
+    where = f"bundle {folder.name}"
+    # the image arrives in memory and the result goes to the scene: no file I/O transforms
+    # (classification inputs also arrive channel-first already, and scores go to tables, not files)
+    classification = _bundle_task(meta) == "classification"
+    _strip(parser, "preprocessing", ("LoadImaged", "LoadImage") + (("EnsureChannelFirstd", "EnsureChannelFirst") if classification else ()))
+    if "postprocessing" in parser:
+        _strip(parser, "postprocessing", ("SaveImaged", "SaveImage", "SaveClassificationd", "SaveClassification"))
+    try:
+        ts_path, pt_path = folder / "models" / "model.ts", folder / "models" / "model.pt"
+        if pt_path.exists():
+            net_def = parser.get("network_def")
+            if isinstance(net_def, dict) and net_def.get("pretrained"):
+                parser["network_def"]["pretrained"] = False  # models/model.pt replaces them; nothing is downloaded
+            network = parse_network_def(parser)
+            state = load_state_dict(pt_path)
+            try:
+                network.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ModelLoadError(f"{pt_path}: weights do not fit the bundle's network_def ({str(exc).splitlines()[0][:300]})") from exc
+        elif ts_path.exists():
+            network = load_torchscript(ts_path)
+        else:
+            raise ModelLoadError(
+                f"{where}: no weights; put the bundle's models/model.pt (or model.ts) into {folder / 'models'} "
+                "(configs/large_files.yml names where the published weights are)"
+            )
+        preprocessing = parser.get_parsed_content("preprocessing")
+        inferer = parser.get_parsed_content("inferer")
+        # parsed after preprocessing, so its Invertd refers to that very Compose object
+        postprocessing = parser.get_parsed_content("postprocessing") if "postprocessing" in parser else None
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"{where}: cannot parse its inference config ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from exc
+    fmt = meta.get("network_data_format", {})
+    image_in = fmt.get("inputs", {}).get("image", {})
+    channels = int(image_in.get("num_channels", 1))
+    card = ModelCard(
+        name=meta.get("name") or folder.name,
+        task=_bundle_task(meta),
+        stages=[],
+        labels=bundle_labels(meta),
+        inputs=[{"name": str(n), "modality": image_in.get("modality", "")} for n in (image_in.get("channel_def") or {str(i): f"channel {i}" for i in range(channels)}).values()],
+        root=folder,
+        title=meta.get("name", folder.name),
+        description=meta.get("description", ""),
+        license=(folder / "LICENSE").read_text().splitlines()[0] if (folder / "LICENSE").exists() else "",
+        raw=meta,
+    )
+    parts = BundleParts(parser, parser.get("image_key", "image") or "image", preprocessing, inferer, postprocessing)
+    return LoadedModel(card, [network.to(device).eval()], device, "bundle", folder, parts)
+
+
+def _bundle_task(meta: dict) -> str:
+    out = bundle_output(meta)
+    return "classification" if out.get("type") in ("probabilities", "logits") or "classif" in meta.get("task", "").lower() else "segmentation"
+
+
+class BundleFormat(ModelFormat):
+    name = "bundle"
+    summary = "a MONAI Bundle folder or .zip (configs/metadata.json + configs/inference.json|yaml)"
+
+    def recognise(self, path: Path) -> bool:
+        if path.is_dir():
+            return (path / "configs" / "metadata.json").exists()
+        return path.suffix.lower() == ".zip" and any(n.endswith("configs/metadata.json") for n in zip_names(path))
+
+    def load(self, path: Path, device: torch.device) -> LoadedModel:
+        folder = extract_bundle_zip(path) if path.is_file() else path
+        return load_bundle(folder, device)
+
+    def segment(self, model, volumes, progress):
+        from ...engine.segment import segment_with_bundle
+
+        return segment_with_bundle(model, volumes, progress)
+
+
+FORMAT = BundleFormat()
