@@ -212,20 +212,22 @@ class MedAIClassifyLogic(MedAIModuleLogic):
 
     def classify(self, inputVolumes, model, region=None, explain: bool = True, device: str = "auto",
                  waitForCompletion: bool = True, progressCallback=None, completedCallback=None,
-                 targetClass=None, method: str = "gradcam"):
+                 targetClass=None, method: str = "gradcam", margin=None, hotspotThreshold: float = 0.5):
         """Classify ``inputVolumes`` (node or list: one per model input, or a cohort of cases) with ``model``.
 
         ``region``: None, a segmentation node, ``(segmentationNode, segmentIdOrName)`` or a markups ROI.
         ``targetClass`` (name or index) is the class the heatmap explains (None: the predicted one);
-        ``method``: "gradcam", "gradcam++" or "occlusion" (slow). Returns a ``ClassifyOutput``
+        ``method``: "gradcam", "gradcam++" or "occlusion" (slow); ``margin``: crop margin around the region
+        (fraction of its size; None: the card's); ``hotspotThreshold``: heatmap level of a hot spot. Returns a ``ClassifyOutput``
         (``table_node``, ``chart_node``, ``heatmap_node``, ``findings_table_node``, ``markups_node``), or
         with ``waitForCompletion=False`` the running job at once (``job.cancel()``, ``job.state``,
         ``job.output``); ``progressCallback(fraction, stage)`` and ``completedCallback(job)`` are called
         on the main thread. Failure or cancel leaves the scene unchanged.
         """
         return self._runJob(lambda wait, completed: self.runner.classify(
-            inputVolumes, model, region, explain, device, wait, progressCallback, completed,
-            poll=slicer.app.processEvents, target_class=targetClass, method=method), waitForCompletion, completedCallback)
+            inputVolumes, model, region, wait, progressCallback, completed, poll=slicer.app.processEvents,
+            explain=explain, device=device, target_class=targetClass, method=method, margin=margin,
+            hotspot_threshold=hotspotThreshold), waitForCompletion, completedCallback)
 
 
 class MedAIClassifyTest(ScriptedLoadableModuleTest):

@@ -40,6 +40,13 @@ def test_default_model_covers_grey_and_white_matter(brain_result, mni_files):
     assert mask.mean() < 0.6
 
 
+def test_default_model_matches_deepbets_own_pipeline_voxel_count(brain_result):
+    """deepbet's BrainExtraction.run gives 1,953,144 brain voxels on this template (checked by hand, see README);
+    the cascade reproduces it only with both stages sharing the first stage's percentiles and the same crop."""
+    _, result = brain_result
+    assert result.voxel_count(result.labels[0]) == 1_953_144
+
+
 def test_default_model_is_orientation_independent(brain_result, mni_files):
     """The same head stored LPS-flipped and axis-permuted gives the same mask in world space."""
     volume, result = brain_result

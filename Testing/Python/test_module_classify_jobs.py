@@ -12,6 +12,7 @@ import slicer
 from classify_helpers import SMALL_DENSENET_3D, write_card
 from conftest import oblique_affine
 from medai.engine.progress import Cancelled
+from medai.requests import ClassifyRequest
 from medai.geometry import GeometryError, Volume
 from medai.slicer.classify_logic import ClassifyLogic, ClassifyOutput
 from medai.slicer.jobs import CANCELLED, FAILED, SUCCEEDED, ClassifyJob, ClassifyRunner, MainThreadQueue
@@ -94,9 +95,8 @@ def test_no_wait_returns_at_once_and_nodes_appear_only_on_apply(scene, card):
     job = runner.classify(vol, card, device="cpu", wait_for_completion=False, method="gradcam++", target_class="benign",
                           progress=lambda f, s: fractions.append(f), completed=done.append)
     assert isinstance(job, ClassifyJob) and not done  # nothing runs on this thread until the queue is drained
+    job.wait_computed(timeout=60)  # compute finished on the worker, queue not drained
     deadline = time.time() + 60
-    while job.stage != "done" and time.time() < deadline:  # compute finished on the worker, queue not drained
-        time.sleep(0.02)
     assert job.stage == "done" and not job.done
     assert _ids(scene) == before, "the worker thread must not touch the scene"
     while not job.done and time.time() < deadline:
@@ -126,7 +126,7 @@ def test_cancel_mid_run_leaves_scene_unchanged(scene, card):
             at_cancel.append(stage)
             job.cancel()
 
-    job = ClassifyJob(runner.logic, nodes, card, device="cpu", schedule=runner.schedule,
+    job = ClassifyJob(runner.logic, nodes, card, request=ClassifyRequest(device="cpu"), schedule=runner.schedule,
                       on_worker_progress=cancel_in_first_inference)
     runner.run(job, wait_for_completion=False)
     with pytest.raises(Cancelled):
@@ -140,8 +140,7 @@ def test_cancel_after_compute_still_leaves_scene_unchanged(scene, card):
     before = _ids(scene)
     runner = ClassifyRunner()
     job = runner.classify(vol, card, device="cpu", wait_for_completion=False)
-    while job.stage != "done" and not job.done:
-        time.sleep(0.02)
+    job.wait_computed(timeout=60)
     job.cancel()  # the result is computed but not applied yet
     with pytest.raises(Cancelled):
         job.wait(timeout=60)
@@ -196,8 +195,7 @@ def test_region_and_its_removal_while_running(scene, card):
     assert out.heatmap_node.GetImageData().GetDimensions() == vol.GetImageData().GetDimensions()
     runner = ClassifyRunner()
     job = runner.classify(vol, card, region=roi, device="cpu", wait_for_completion=False)
-    while job.stage != "done" and not job.done:
-        time.sleep(0.02)
+    job.wait_computed(timeout=60)
     scene.RemoveNode(roi)
     before = _ids(scene)
     with pytest.raises(RuntimeError, match="box: the input was removed from the scene"):

@@ -171,8 +171,7 @@ def test_wrong_output_type_and_removed_input_are_named(scene, card):
     with pytest.raises(TypeError, match="must be a segmentation node"):
         runner.segment([vol], str(card), _volume_node(scene, name="notaseg"))
     job = runner.segment([vol], str(card), wait_for_completion=False)
-    while job.stage != "done" and not job.done:  # let compute finish before removing the input
-        time.sleep(0.02)
+    job.wait_computed(timeout=60)  # let compute finish before removing the input
     scene.RemoveNode(vol)
     n_before = scene.GetNumberOfNodes()
     with pytest.raises(RuntimeError, match="removed from the scene"):

@@ -70,9 +70,10 @@ def test_panel_helpers_work_without_torch():
 
         assert panel.device_choices() == [("auto (GPU if available)", "auto"), ("CPU", "cpu")]
         assert "not installed" in panel.device_hint("deepbet-brain")
-        assert panel.model_choices("segmentation") and panel.model_choices("classification") is not None
-        spec = panel.model_choices("segmentation")[0].spec
-        assert panel.model_inputs(spec)
+        assert "deepbet-brain" in [c.spec for c in panel.model_choices("segmentation")]
+        assert "mni-tissue-patch-resnet" in [c.spec for c in panel.model_choices("classification")]
+        spec = "deepbet-brain"
+        assert panel.model_inputs(spec) == ["T1"], panel.model_inputs(spec)
         panel.model_classes(spec), panel.target_class_choices(spec), panel.estimated_gpu_bytes(spec)
         try:
             panel.check_import("/no/such/model.ts")

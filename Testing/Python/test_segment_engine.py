@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import slicer
+import vtk
 import pytest
 import torch
 
@@ -94,7 +96,14 @@ def test_unet_card_in_scene_gives_named_segments_on_reference_geometry(scene, tm
     names = [seg.GetSegmentation().GetNthSegment(n).GetName() for n in range(seg.GetSegmentation().GetNumberOfSegments())]
     assert names == ["liver", "spleen"]
     geometry = seg.GetSegmentation().GetConversionParameter("Reference image geometry")
-    assert geometry  # reference geometry is the input volume's
+    image = slicer.vtkOrientedImageData()
+    assert slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, image)  # the input volume's grid
+    got, want = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(got)
+    node.GetIJKToRASMatrix(want)
+    assert np.allclose([[got.GetElement(r, c) for c in range(4)] for r in range(4)],
+                       [[want.GetElement(r, c) for c in range(4)] for r in range(4)], atol=1e-6)
+    assert image.GetExtent() == node.GetImageData().GetExtent()
     arr = bridge.segment_array(seg, seg.GetSegmentation().GetSegmentIdBySegmentName("liver"), node)
     assert arr.shape == cube_volume().array.shape
 

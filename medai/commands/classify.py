@@ -11,6 +11,7 @@ from ..explain.gradcam import METHODS
 from ..geometry import Volume
 from ..io import read_image, suffix_of, write_volume
 from ..models.loader import load_model
+from ..requests import ClassifyRequest
 from .progressbar import ProgressBar
 
 HEATMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -26,8 +27,16 @@ def register(sub) -> None:
     p.add_argument("--target-class", default=None, help="class (name or index) to explain; default: the predicted class")
     p.add_argument("--region", metavar="MASK", help="classify only this region (non-zero voxels of a mask image), cropped with a margin")
     p.add_argument("--findings", metavar="CSV", help="write the localised findings (hot spots, region components) as CSV")
+    p.add_argument("--margin", type=float, default=None, help="crop margin around --region, as a fraction of its size (default: the model card's, else 0.1)")
+    p.add_argument("--hotspot-threshold", type=float, default=0.5, help="hot spots are where the heatmap reaches this fraction (0-1) of its peak (default 0.5)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.set_defaults(handler=run)
+
+
+def request_from_args(args) -> ClassifyRequest:
+    """The command line's options as the request the engine gets."""
+    return ClassifyRequest(device=args.device, explain=bool(args.explain), target_class=args.target_class, method=args.method,
+                           margin=args.margin, hotspot_threshold=args.hotspot_threshold)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -52,10 +61,11 @@ def run(args) -> int:
         region = Volume((mask.array > 0).astype("uint8") if mask.array.ndim == 3 else (mask.array > 0).any(axis=3).astype("uint8"),
                         mask.ijk_to_ras, Path(args.region).name, {"kind": "segment"})
     start = time.perf_counter()
-    model = load_model(args.model, args.device)
+    request = request_from_args(args)
+    model = load_model(args.model, request.device)
     load_s = time.perf_counter() - start
     with ProgressBar(f"classify {Path(args.images[0]).name}") as bar:
-        result = classify(model, volumes, region, bool(args.explain), args.target_class, args.method, bar)
+        result = classify(model, volumes, region, request, bar)
     _write_csv(out, result.rows())
     if args.explain:
         base = Path(args.explain)

@@ -40,7 +40,7 @@ def run(args) -> int:
 
         model = load_model(args.model, args.device)
         data = discover(args.data, model.card.task)
-        split = (model.card.raw.get("training") or {}).get("split") or {}
+        split = model.card.training.get("split") or {}
         known = set(data.by_id())
         if args.cases == "all":
             ids = sorted(known)

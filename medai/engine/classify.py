@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from ..explain.gradcam import METHOD_TITLES, METHODS, ExplainUnavailable, explain as explain_heatmap
 from ..explain.localize import Finding, hot_spots, region_components
 from ..geometry import GeometryError, Volume, array_from_ijk, crop_affine, reorient_to_ras, same_grid
-from ..models.card import ModelCardError, _names_from, bundle_output
+from ..models.card import ModelCardError, Stage
 from ..models.loader import LoadedModel
+from ..requests import ClassifyRequest, request_from
 from ..resample import resample_volume_to
 from .common import activation as apply_activation
 from .common import autocast, stack_inputs
@@ -58,13 +59,7 @@ def _network_int(net_cfg: dict | None, *keys: str) -> int | None:
 
 
 def _bundle_spec(model: LoadedModel) -> OutputSpec:
-    meta = model.card.raw
-    fmt = meta.get("network_data_format", {})
-    image_in = fmt.get("inputs", {}).get("image", {})
-    out = bundle_output(meta)
-    names, _ = _names_from({k: v for k, v in (out.get("channel_def") or {}).items() if str(k).isdigit()})
-    n_out = int(out.get("num_channels", len(names) or 1))
-    names = names if len(names) == n_out else [f"class {i}" for i in range(n_out)]
+    card = model.card
     act = "softmax"
     post = model.bundle.postprocessing if model.bundle else None
     for t in getattr(post, "transforms", ()):
@@ -73,8 +68,8 @@ def _bundle_spec(model: LoadedModel) -> OutputSpec:
             act = "sigmoid"
         elif getattr(conv, "softmax", False):
             act = "softmax"
-    return OutputSpec("classification", names, act, [0.5] * n_out, channels=int(image_in.get("num_channels", 1)),
-                      spatial_dims=len(image_in.get("spatial_shape", [0, 0, 0])))
+    return OutputSpec("classification", list(card.classes), act, [0.5] * len(card.classes), channels=card.num_inputs,
+                      spatial_dims=card.spatial_dims or 3)
 
 
 def output_spec(model: LoadedModel) -> OutputSpec:
@@ -86,8 +81,8 @@ def output_spec(model: LoadedModel) -> OutputSpec:
         return _bundle_spec(model)
     if card.task not in CLASSIFY_TASKS:
         raise ModelCardError(f"model {card.name} is a {card.task} model; use it with MedAISegment / `medai segment`")
-    raw, stage = card.raw, card.stages[-1]
-    names, thresholds = _names_from(raw.get("classes"))
+    stage = card.stages[-1]
+    names = list(card.classes)
     if not names and card.labels:
         names = [lab.name for lab in card.labels]
     net_cfg = stage.network
@@ -96,19 +91,12 @@ def output_spec(model: LoadedModel) -> OutputSpec:
         names = ["score"] if card.task == "regression" else [f"class {i}" for i in range(n_out or 2)]
     if n_out is not None and n_out != len(names) and not (n_out == 1 and len(names) == 2 and card.task == "classification"):
         raise ModelCardError(f"{card.name}: the card names {len(names)} classes but the network has {n_out} outputs; fix 'classes'")
-    default_act = {"classification": "softmax", "multilabel": "sigmoid", "regression": "none"}[card.task]
-    act = raw.get("inference", {}).get("activation", default_act) if card.task != "regression" else raw.get("inference", {}).get("activation", "none")
-    base = float(raw.get("inference", {}).get("threshold", 0.5))
-    per_class = raw.get("thresholds")
-    if isinstance(per_class, dict):
-        per_class = [per_class.get(n, base) for n in names]
-    thr = [float(per_class[i]) if per_class else (float(thresholds[i]) if i < len(thresholds) and thresholds[i] is not None else base)
-           for i in range(len(names))]
+    per_class = card.class_thresholds
+    thr = [per_class[i] if i < len(per_class) and per_class[i] is not None else card.threshold for i in range(len(names))]
     channels = sum(int(i.get("channels", 1)) for i in card.inputs) if card.inputs else 1
     channels = _network_int(net_cfg, "in_channels", "n_input_channels", "in_chns") or channels
     dims = len(stage.roi_size) if stage.roi_size else (_network_int(net_cfg, "spatial_dims") or 3)
-    layer = (raw.get("explain") or {}).get("layer") if isinstance(raw.get("explain"), dict) else None
-    return OutputSpec(card.task, names, act, thr, str(raw.get("unit", "")), channels, dims, layer)
+    return OutputSpec(card.task, names, stage.activation, thr, card.unit, channels, dims, card.explain_layer)
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -336,14 +324,13 @@ def _predicted(spec: OutputSpec, scores: np.ndarray) -> list[int]:
 
 
 def region_margin(model: LoadedModel, margin: float | None = None) -> float:
-    """The crop margin around a region: ``margin`` when given, else the card's ``inference.region_margin``, else 0.1.
+    """The crop margin around a region: ``margin`` when given, else the card's ``inference.region_margin`` (default 0.1).
 
     Patch classifiers (trained on fixed-size patches, e.g. mni-tissue-patch-resnet) set 0 in their
     card: the region's box is then the network's whole field of view, as in training.
     """
     if margin is None:
-        inference = model.card.raw.get("inference", {}) if model.kind != "bundle" else {}
-        margin = inference.get("region_margin", 0.1) if isinstance(inference, dict) else 0.1
+        margin = model.card.stages[-1].region_margin if model.card.stages else Stage.region_margin
     try:
         value = float(margin)
     except (TypeError, ValueError):
@@ -354,9 +341,8 @@ def region_margin(model: LoadedModel, margin: float | None = None) -> float:
     return value
 
 
-def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = None, explain: bool = True,
-             target_class: int | str | None = None, method: str = "gradcam", callback: ProgressCallback | None = None,
-             cancel: CancelToken | None = None, margin: float | None = None, hotspot_threshold: float = 0.5) -> ClassificationResult:
+def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = None, request: ClassifyRequest | None = None,
+             callback: ProgressCallback | None = None, cancel: CancelToken | None = None, **options) -> ClassificationResult:
     """Classify ``volumes`` (one case, or a cohort of one case per volume) with a loaded model.
 
     ``region`` (a mask volume on any grid) restricts each case to the region's box grown by
@@ -365,7 +351,11 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
     class) is put on each case's input grid and its hot spots become findings. ``cancel`` (or a
     cancel from ``callback``) raises ``Cancelled`` between stages and cases, around the
     explanation and between occlusion batches. Nothing is written anywhere; errors are raised before any output.
+    The options are a :class:`~medai.requests.ClassifyRequest` (or its fields as keywords, when none is given).
     """
+    request = request if request is not None else request_from(ClassifyRequest, options)
+    explain, target_class, method = request.explain, request.target_class, request.method
+    margin, hotspot_threshold = request.margin, request.hotspot_threshold
     if method not in METHODS:
         raise ValueError(f"explanation method {method!r} unknown; use one of {', '.join(METHODS)}")
     spec = output_spec(model)

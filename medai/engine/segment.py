@@ -151,7 +151,7 @@ def _localize(out: torch.Tensor, stage: Stage, crop_shape: tuple[int, ...], min_
 def _discretize(probs: torch.Tensor, card: ModelCard) -> list[np.ndarray]:
     """Network output on the working grid -> labelmap layers."""
     if card.discretize == "threshold":
-        thr = float(card.raw.get("threshold", 0.5))
+        thr = card.threshold
         return [(probs[c] > thr).numpy().astype(np.uint8) for c in range(probs.shape[0])]
     if probs.shape[0] == 1:
         return [(probs[0] > 0.5).numpy().astype(np.uint8)]

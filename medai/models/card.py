@@ -36,8 +36,21 @@ from ..results import Label
 
 CARD_SCHEMA = "medai.card/1"
 TASKS = ("segmentation", "classification", "multilabel", "regression")
-INTENSITY_OPS = ("percentile_scale", "scale_range", "clip", "zscore", "affine", "nonzero_zscore", "denoise")
+# Every intensity operation a card can name: (required arguments, optional arguments). A card that
+# names another operation, misses a required argument or gives an unknown one fails when it is read.
+INTENSITY_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "percentile_scale": ((), ("lower", "upper", "statistics")),
+    "scale_range": (("a_min", "a_max"), ("b_min", "b_max", "clip")),
+    "clip": ((), ("min", "max")),
+    "zscore": ((), ()),
+    "nonzero_zscore": ((), ()),
+    "affine": ((), ("scale", "shift")),
+    "denoise": ((), ("method", "sigma", "size")),
+}
+INTENSITY_OPS = tuple(INTENSITY_ARGS)
 DENOISE_METHODS = ("gaussian", "median")
+TEXT_ARGS = ("statistics", "method", "clip")  # the intensity arguments that are not numbers
+DEFAULT_ACTIVATION = {"segmentation": "softmax", "classification": "softmax", "multilabel": "sigmoid", "regression": "none"}
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 MODES = ("sliding_window", "resize", "whole")
 
@@ -135,6 +148,7 @@ class Stage:
     threshold: float = 0.5
     crop_margin: float = 0.1  # localize: margin around the found box, as a fraction of its size
     largest_component: bool = True  # localize: keep only the largest blob before taking its box
+    region_margin: float = 0.1  # classification: crop margin around a region, as a fraction of its size
 
 
 @dataclass
@@ -152,31 +166,63 @@ class ModelCard:
     license: str = ""
     discretize: str = "argmax"  # or "threshold" (multi-label)
     postprocessing: dict = field(default_factory=dict)
-    raw: dict = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)  # classification: class names, in output order
+    class_thresholds: list[float | None] = field(default_factory=list)  # per class; None: the stage's threshold
+    unit: str = ""  # regression: the unit of the predicted value
+    explain_layer: str | None = None  # Grad-CAM target layer, when the card names one
+    strict_weights: bool = True  # False: load the tensors that match by name and shape (backbones)
+    spatial_dims: int | None = None  # bundles: dimensions of the input image (metadata's spatial_shape)
+    training: dict = field(default_factory=dict)  # the training record (split, metrics, data) written by medai train
+    raw: dict = field(default_factory=dict)  # bundles: metadata.json; cards: the JSON as read (read it only here)
 
     @property
     def num_inputs(self) -> int:
         return max(1, len(self.inputs))
 
+    @property
+    def threshold(self) -> float:
+        """The decision threshold of the model's output (multi-label and single-output models)."""
+        return self.stages[-1].threshold if self.stages else 0.5
+
     def weights_path(self, stage: Stage) -> Path | None:
         return None if stage.weights is None else (self.root / stage.weights)
 
 
-def _stage_from(raw: dict, name: str, where: str) -> Stage:
+def _check_intensity(ops: list, where: str) -> list[dict]:
+    """Each operation known, with its required arguments, no unknown ones, numbers where numbers go."""
+    for n, op in enumerate(ops):
+        at = f"{where}: preprocessing.intensity[{n}]"
+        if not isinstance(op, dict) or op.get("op") not in INTENSITY_ARGS:
+            name = op.get("op") if isinstance(op, dict) else op
+            raise ModelCardError(f"{at}: intensity op {name!r} unknown; use one of {', '.join(INTENSITY_OPS)}")
+        required, optional = INTENSITY_ARGS[op["op"]]
+        missing = [a for a in required if a not in op]
+        if missing:
+            raise ModelCardError(f"{at}: {op['op']} needs {', '.join(missing)}")
+        unknown = sorted(set(op) - {"op", *required, *optional})
+        if unknown:
+            raise ModelCardError(f"{at}: {op['op']} takes no {', '.join(unknown)} (it takes {', '.join(required + optional) or 'no arguments'})")
+        for arg in set(op) - {"op", *TEXT_ARGS}:
+            if op[arg] is not None and not isinstance(op[arg], (int, float)):
+                raise ModelCardError(f"{at}: {op['op']}.{arg} must be a number, not {op[arg]!r}")
+        if op["op"] == "denoise" and op.get("method", "gaussian") not in DENOISE_METHODS:
+            raise ModelCardError(f"{at}: denoise method {op.get('method')!r} unknown; use one of {', '.join(DENOISE_METHODS)}")
+        if op["op"] == "scale_range" and float(op["a_max"]) == float(op["a_min"]):
+            raise ModelCardError(f"{at}: scale_range needs a_max different from a_min")
+    return list(ops)
+
+
+def _stage_from(raw: dict, name: str, where: str, default_activation: str = "softmax") -> Stage:
+    """One stage; a field the card leaves out keeps :class:`Stage`'s default (defaults live there alone)."""
     pre = raw.get("preprocessing", {})
     inf = raw.get("inference", {})
     intensity = pre.get("intensity", [])
     if isinstance(intensity, dict):
         intensity = [intensity]
-    for op in intensity:
-        if op.get("op") not in INTENSITY_OPS:
-            raise ModelCardError(f"{where}: intensity op {op.get('op')!r} unknown; use one of {', '.join(INTENSITY_OPS)}")
-        if op["op"] == "denoise" and op.get("method", "gaussian") not in DENOISE_METHODS:
-            raise ModelCardError(f"{where}: denoise method {op.get('method')!r} unknown; use one of {', '.join(DENOISE_METHODS)}")
-    mode = inf.get("mode", "sliding_window")
+    mode = inf.get("mode", Stage.mode)
     if mode not in MODES:
         raise ModelCardError(f"{where}: inference mode {mode!r} unknown; use one of {', '.join(MODES)}")
-    activation = inf.get("activation", "softmax")
+    activation = inf.get("activation", default_activation)
     if activation not in ACTIVATIONS:
         raise ModelCardError(f"{where}: activation {activation!r} unknown; use one of {', '.join(ACTIVATIONS)}")
     roi = inf.get("roi_size")
@@ -184,44 +230,88 @@ def _stage_from(raw: dict, name: str, where: str) -> Stage:
         raise ModelCardError(f"{where}: inference.roi_size is required for mode {mode!r}")
     if raw.get("network") is None and raw.get("weights") is None:
         raise ModelCardError(f"{where}: give 'network' (a MONAI network config) and 'weights', or a TorchScript 'weights' file")
+    given = {
+        "orientation": pre.get("orientation", Stage.orientation), "spacing": pre.get("spacing"),
+        "resize_mode": inf.get("resize_mode"), "overlap": _number(inf, "overlap", where), "sw_batch_size": inf.get("sw_batch_size"),
+        "output_channel": inf.get("output_channel"), "threshold": _number(inf, "threshold", where),
+        "crop_margin": _number(raw, "crop_margin", where), "largest_component": raw.get("largest_component"),
+        "region_margin": _number(inf, "region_margin", where),
+    }
+    if given["region_margin"] is not None and not 0.0 <= given["region_margin"] <= 10.0:
+        raise ModelCardError(f"{where}: inference.region_margin {given['region_margin']!r} is not a fraction of the region's size "
+                             "between 0 and 10 (e.g. 0.1, or 0 for patch classifiers)")
     return Stage(
-        name=name,
-        role=raw.get("role", "segment"),
-        network=raw.get("network"),
-        weights=raw.get("weights"),
-        sha256=raw.get("sha256"),
-        orientation=pre.get("orientation", "RAS"),
-        spacing=pre.get("spacing"),
-        intensity=list(intensity),
-        mode=mode,
-        roi_size=[int(r) for r in roi] if roi is not None else None,
-        resize_mode=inf.get("resize_mode", "trilinear"),
-        overlap=float(inf.get("overlap", 0.25)),
-        sw_batch_size=int(inf.get("sw_batch_size", 1)),
-        activation=activation,
-        output_channel=inf.get("output_channel"),
-        threshold=float(inf.get("threshold", 0.5)),
-        crop_margin=float(raw.get("crop_margin", 0.1)),
-        largest_component=bool(raw.get("largest_component", True)),
+        name=name, role=raw.get("role", "segment"), network=raw.get("network"), weights=raw.get("weights"), sha256=raw.get("sha256"),
+        intensity=_check_intensity(intensity, where), mode=mode, roi_size=[int(r) for r in roi] if roi is not None else None,
+        activation=activation, **{k: v for k, v in given.items() if v is not None or k in ("orientation",)},
     )
 
 
+def _number(section: dict, key: str, where: str) -> float | None:
+    value = section.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelCardError(f"{where}: {key} must be a number, not {value!r}")
+    return float(value)
+
+
+def _migrate(raw: dict) -> dict:
+    """Older spellings, rewritten to the one each concept has now (the card on disk is not changed).
+
+    * a top-level ``threshold`` (multi-label segmentation) is the last stage's ``inference.threshold``;
+    * top-level ``thresholds`` (a list, or class name -> value) are per-class ``threshold``s in ``classes``.
+    """
+    raw = dict(raw)
+    if "threshold" in raw:
+        target = raw["stages"][-1] if raw.get("stages") else raw
+        target_inf = dict(target.get("inference") or {})
+        target_inf.setdefault("threshold", raw.pop("threshold"))
+        if raw.get("stages"):
+            raw["stages"] = [*raw["stages"][:-1], {**target, "inference": target_inf}]
+        else:
+            raw["inference"] = target_inf
+    per_class = raw.pop("thresholds", None)
+    if per_class is not None:
+        names, old = _names_from(raw.get("classes"))
+        if isinstance(per_class, dict):
+            values = [per_class.get(n) for n in names]
+        else:
+            values = list(per_class)
+            names = names or [f"class {i}" for i in range(len(values))]
+        raw["classes"] = [{"name": n, "threshold": values[i] if i < len(values) and values[i] is not None else (old[i] if i < len(old) else None)}
+                          for i, n in enumerate(names)]
+    return raw
+
+
 def parse_card(raw: dict, root: Path, where: str = "model card") -> ModelCard:
-    """Validate a card dict; ``root`` is the folder that relative weight paths start from."""
+    """Validate a card dict; ``root`` is the folder that relative weight paths start from.
+
+    This is the one reader of a card's JSON: engines, the CLI and the panels use the typed
+    :class:`ModelCard` it returns.
+    """
     if not isinstance(raw, dict):
         raise ModelCardError(f"{where}: a model card must be a JSON object")
+    schema = raw.get("schema", CARD_SCHEMA)
+    if schema != CARD_SCHEMA:
+        raise ModelCardError(f"{where}: schema {schema!r} is not one this MedAI reads ({CARD_SCHEMA}); update MedAI or the card")
+    raw = _migrate(raw)
     task = raw.get("task", "segmentation")
     if task not in TASKS:
         raise ModelCardError(f"{where}: task {task!r} unknown; use one of {', '.join(TASKS)}")
     if "stages" in raw:
-        stages = [_stage_from(s, s.get("name", f"stage{n}"), f"{where}, stage {n}") for n, s in enumerate(raw["stages"])]
+        stages = [_stage_from(s, s.get("name", f"stage{n}"), f"{where}, stage {n}",
+                              DEFAULT_ACTIVATION[task] if n == len(raw["stages"]) - 1 else "softmax")
+                  for n, s in enumerate(raw["stages"])]
     else:
-        stages = [_stage_from(raw, "model", where)]
+        stages = [_stage_from(raw, "model", where, DEFAULT_ACTIVATION[task])]
     if not stages or stages[-1].role == "localize":
         raise ModelCardError(f"{where}: the last stage must segment or classify, not localise")
     labels = parse_labels(raw.get("labels"), where)
     if task == "segmentation" and not labels:
         raise ModelCardError(f"{where}: a segmentation card needs 'labels' (value -> name)")
+    classes, class_thresholds = _names_from(raw.get("classes"))
+    explain = raw.get("explain")
     return ModelCard(
         name=str(raw.get("name") or root.name),
         task=task,
@@ -234,6 +324,12 @@ def parse_card(raw: dict, root: Path, where: str = "model card") -> ModelCard:
         license=raw.get("license", ""),
         discretize=raw.get("discretize", "threshold" if task == "multilabel" else "argmax"),
         postprocessing=dict(raw.get("postprocessing") or {}),
+        classes=classes,
+        class_thresholds=[None if t is None else float(t) for t in class_thresholds],
+        unit=str(raw.get("unit", "")),
+        explain_layer=explain.get("layer") if isinstance(explain, dict) else None,
+        strict_weights=bool(raw.get("strict_weights", True)),
+        training=dict(raw.get("training") or {}),
         raw=raw,
     )
 
@@ -256,3 +352,9 @@ def bundle_output(meta: dict) -> dict:
     """A MONAI Bundle's main output description (``network_data_format.outputs.pred``, else the first one)."""
     outputs = meta.get("network_data_format", {}).get("outputs", {})
     return outputs.get("pred") or next(iter(outputs.values()), {})
+
+
+def bundle_class_names(meta: dict) -> list[str]:
+    """A classification bundle's class names (its output ``channel_def``), in output order."""
+    names, _ = _names_from({k: v for k, v in (bundle_output(meta).get("channel_def") or {}).items() if str(k).isdigit()})
+    return names

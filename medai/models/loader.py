@@ -147,8 +147,7 @@ def _stage_network(card: ModelCard, index: int, notes: list[str] | None = None) 
     net = build_network(stage.network, where)
     if weights is not None:
         state = load_state_dict(weights, stage.sha256)
-        strict = bool(card.raw.get("strict_weights", True))
-        note = load_weights(net, state, strict, str(weights))
+        note = load_weights(net, state, card.strict_weights, str(weights))
         if note and notes is not None:
             notes.append(note)
     return net

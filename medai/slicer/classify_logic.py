@@ -26,6 +26,7 @@ from ..engine.classify import classify as run_classification
 from ..engine.progress import CancelToken, ProgressCallback
 from ..geometry import GeometryError, Volume, crop_affine, same_grid
 from ..models.loader import LoadedModel, load_model
+from ..requests import ClassifyRequest, request_from
 from ..resample import resample_volume_to
 from . import classify_nodes as nodes
 from . import scene as bridge
@@ -175,23 +176,25 @@ class ClassifyLogic:
         mask = region_volume(region, input_nodes[0]) if region is not None else None
         return volumes, mask
 
-    def compute_volumes(self, volumes: list[Volume], mask: Volume | None, model: str | LoadedModel, explain: bool = True,
-                        device: str = "auto", progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                        target_class: int | str | None = None, method: str = "gradcam") -> ClassificationResult:
+    def compute_volumes(self, volumes: list[Volume], mask: Volume | None, model: str | LoadedModel, request: ClassifyRequest,
+                        progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> ClassificationResult:
         """Off-main-thread part: loads the model and runs it on arrays read by :meth:`read_inputs`; touches no node."""
         start = time.perf_counter()
-        loaded = self.load(model, device)
+        loaded = self.load(model, request.device)
         load_s = time.perf_counter() - start
-        result = run_classification(loaded, volumes, mask, explain, target_class, method, progress, cancel)
+        result = run_classification(loaded, volumes, mask, request, progress, cancel)
         result.timings = {"load": load_s, **result.timings}
         return result
 
-    def compute(self, inputVolumes, model: str | LoadedModel, region=None, explain: bool = True, device: str = "auto",
-                progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                target_class: int | str | None = None, method: str = "gradcam") -> ClassificationResult:
-        """:meth:`read_inputs` then :meth:`compute_volumes` on the calling thread; touches no node."""
+    def compute(self, inputVolumes, model: str | LoadedModel, region=None, progress: ProgressCallback | None = None,
+                cancel: CancelToken | None = None, **options) -> ClassificationResult:
+        """:meth:`read_inputs` then :meth:`compute_volumes` on the calling thread; touches no node.
+
+        ``options``: the fields of :class:`~medai.requests.ClassifyRequest` (device, explain, target_class,
+        method, margin, hotspot_threshold).
+        """
         volumes, mask = self.read_inputs(inputVolumes, region)
-        return self.compute_volumes(volumes, mask, model, explain, device, progress, cancel, target_class, method)
+        return self.compute_volumes(volumes, mask, model, request_from(ClassifyRequest, options), progress, cancel)
 
     def apply(self, result: ClassificationResult, show: bool = True) -> ClassifyOutput:
         """Main-thread part: put a finished result into the scene (tables, chart, heatmaps, findings), all or nothing."""
@@ -217,9 +220,11 @@ class ClassifyLogic:
         self.last_result, self.last_output = result, out
         return out
 
-    def classify(self, inputVolumes, model: str | LoadedModel, region=None, explain: bool = True, device: str = "auto",
-                 progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                 target_class: int | str | None = None, method: str = "gradcam") -> ClassifyOutput:
-        """Classify ``inputVolumes`` (a node or a list: channels of one case, or a cohort); returns the output nodes."""
-        result = self.compute(inputVolumes, model, region, explain, device, progress, cancel, target_class, method)
-        return self.apply(result)
+    def classify(self, inputVolumes, model: str | LoadedModel, region=None, progress: ProgressCallback | None = None,
+                 cancel: CancelToken | None = None, **options) -> ClassifyOutput:
+        """Classify ``inputVolumes`` (a node or a list: channels of one case, or a cohort); returns the output nodes.
+
+        ``options``: the fields of :class:`~medai.requests.ClassifyRequest` (device, explain, target_class,
+        method, margin, hotspot_threshold).
+        """
+        return self.apply(self.compute(inputVolumes, model, region, progress, cancel, **options))

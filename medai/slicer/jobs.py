@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from ..engine.progress import CancelToken, Cancelled
 from . import scene as bridge
+from ..requests import ClassifyRequest, request_from
 from .classify_logic import ClassifyLogic, ClassifyOutput
 from .segment_logic import SegmentLogic
 
@@ -113,6 +114,7 @@ class Job:
         self.started = time.perf_counter()
         self.elapsed = 0.0
         self._finished = threading.Event()
+        self._computed = threading.Event()  # the worker's part is over (result or error queued for the main thread)
         self._thread = threading.Thread(target=self._work, name=f"MedAI {self.kind}", daemon=True)
         self._prepared: Any = None
 
@@ -140,6 +142,11 @@ class Job:
     @property
     def done(self) -> bool:
         return self._finished.is_set()
+
+    def wait_computed(self, timeout: float) -> None:
+        """Block until the worker has finished computing (its result waits in the queue); TimeoutError after ``timeout`` s."""
+        if not self._computed.wait(timeout):
+            raise TimeoutError(f"{self.what}: the worker still computes after {timeout} s")
 
     def wait(self, timeout: float | None = None, poll: Callable[[], Any] | None = None):
         """Drain the main-thread queue until the job is done; returns the output or raises the job's error.
@@ -172,6 +179,8 @@ class Job:
             self.schedule(lambda error=exc: self._finish(None, error))
         else:
             self.schedule(lambda: self._apply(result))
+        finally:
+            self._computed.set()
 
     # -- main thread -----------------------------------------------------------------------------
     def _apply(self, result) -> None:
@@ -299,20 +308,17 @@ class ClassifyJob(Job):
 
     kind = "classification"
 
-    def __init__(self, logic: ClassifyLogic, input_volumes: list, model: Any, region=None, explain: bool = True,
-                 device: str = "auto", target_class: int | str | None = None, method: str = "gradcam",
-                 schedule: MainThreadQueue | None = None, on_progress: ProgressFn | None = None,
-                 on_done: Callable[["ClassifyJob"], None] | None = None,
+    def __init__(self, logic: ClassifyLogic, input_volumes: list, model: Any, region=None,
+                 request: ClassifyRequest = ClassifyRequest(), schedule: MainThreadQueue | None = None,
+                 on_progress: ProgressFn | None = None, on_done: Callable[["ClassifyJob"], None] | None = None,
                  on_worker_progress: ProgressFn | None = None) -> None:
         if not input_volumes:
             raise ValueError("no input volume given; select at least one volume node")
         self.logic, self.input_volumes, self.model = logic, list(input_volumes), model
-        self.region, self.explain, self.device = region, explain, device
-        self.target_class, self.method = target_class, method
+        self.region, self.request = region, request
         super().__init__(
             prepare=lambda: logic.read_inputs(self.input_volumes, region),
-            compute=lambda inputs, progress, cancel: logic.compute_volumes(
-                inputs[0], inputs[1], model, explain, device, progress, cancel, target_class, method),
+            compute=lambda inputs, progress, cancel: logic.compute_volumes(inputs[0], inputs[1], model, request, progress, cancel),
             apply=logic.apply,
             input_nodes=self.input_volumes + _node_nodes(region), what=f"classification with {model}",
             schedule=schedule, on_progress=on_progress, on_done=on_done, on_worker_progress=on_worker_progress)
@@ -329,21 +335,20 @@ class ClassifyRunner(JobRunner):
         super().__init__(schedule)
         self.logic = logic or ClassifyLogic()
 
-    def classify(self, input_volumes, model, region=None, explain: bool = True, device: str = "auto",
-                 wait_for_completion: bool = True, progress: ProgressFn | None = None,
-                 completed: Callable[[ClassifyJob], None] | None = None, poll: Callable[[], Any] | None = None,
-                 target_class: int | str | None = None, method: str = "gradcam"):
+    def classify(self, input_volumes, model, region=None, wait_for_completion: bool = True,
+                 progress: ProgressFn | None = None, completed: Callable[[ClassifyJob], None] | None = None,
+                 poll: Callable[[], Any] | None = None, **options):
         """Classify ``input_volumes`` (a node or list: channels of one case, or a cohort) with ``model``.
 
         ``region``: None, a segmentation node (all its segments), ``(segmentation node, segment ID or
-        name)``, a markups ROI or a labelmap node. Waits and returns the :class:`ClassifyOutput`
-        (raising the run's error), or with ``wait_for_completion=False`` returns the started
-        :class:`ClassifyJob` at once; ``progress(fraction, stage)`` and ``completed(job)`` are then
-        called on the main thread.
+        name)``, a markups ROI or a labelmap node. ``options``: the fields of
+        :class:`~medai.requests.ClassifyRequest` (device, explain, target_class, method, margin,
+        hotspot_threshold). Waits and returns the :class:`ClassifyOutput` (raising the run's error),
+        or with ``wait_for_completion=False`` returns the started :class:`ClassifyJob` at once;
+        ``progress(fraction, stage)`` and ``completed(job)`` are then called on the main thread.
         """
         nodes = _volume_list(input_volumes)
-        job = ClassifyJob(self.logic, nodes, model, region, explain, device, target_class, method,
-                          self.schedule, progress, completed)
+        job = ClassifyJob(self.logic, nodes, model, region, request_from(ClassifyRequest, options), self.schedule, progress, completed)
         return self.run(job, wait_for_completion, poll)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..models import catalog
 from ..models.formats import format_for
-from ..models.card import CARD_NAMES, ModelLoadError, _card_beside, _names_from, bundle_output, read_card
+from ..models.card import CARD_NAMES, _card_beside, bundle_class_names, read_card
 
 IMPORT_FILTER = "MONAI models (*.zip *.json *.ts *.pt *.pth);;All files (*)"
 TIMING_ORDER = (("load", "load"), ("preprocess", "preprocess"), ("inference", "inference"),
@@ -121,13 +121,11 @@ def model_classes(spec: str) -> list[str]:
     card = _card_path(spec)
     if card is not None and card.exists():
         parsed = read_card(card)
-        names, _ = _names_from(parsed.raw.get("classes"))
+        names = parsed.classes
         return names or [lab.name for lab in parsed.labels]
     meta = Path(spec).expanduser() / "configs" / "metadata.json"
     if meta.exists():
-        out = bundle_output(json.loads(meta.read_text()))
-        names, _ = _names_from({k: v for k, v in (out.get("channel_def") or {}).items() if str(k).isdigit()})
-        return names
+        return bundle_class_names(json.loads(meta.read_text()))
     return []
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...fetch import cache_dir, safe_extract_member, sha256_of
 from ...results import Label
-from ..card import ModelCard, ModelLoadError, bundle_output, parse_labels
+from ..card import ModelCard, ModelLoadError, bundle_class_names, bundle_output, parse_labels
 from . import ModelFormat, zip_names
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -166,10 +166,19 @@ def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
         title=meta.get("name", folder.name),
         description=meta.get("description", ""),
         license=(folder / "LICENSE").read_text().splitlines()[0] if (folder / "LICENSE").exists() else "",
+        classes=_class_names(meta),
+        spatial_dims=len(image_in.get("spatial_shape", [0, 0, 0])),
         raw=meta,
     )
     parts = BundleParts(parser, parser.get("image_key", "image") or "image", preprocessing, inferer, postprocessing)
     return LoadedModel(card, [network.to(device).eval()], device, "bundle", folder, parts)
+
+
+def _class_names(meta: dict) -> list[str]:
+    """Classification bundles: one name per output channel (``class N`` where the metadata names too few)."""
+    names = bundle_class_names(meta)
+    n_out = int(bundle_output(meta).get("num_channels", len(names) or 1))
+    return names if len(names) == n_out else [f"class {i}" for i in range(n_out)]
 
 
 def _bundle_task(meta: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..card import ModelLoadError, parse_card, read_card_json
+from ..card import parse_card, read_card_json
 from . import ModelFormat, card_beside
 
 if TYPE_CHECKING:  # pragma: no cover
