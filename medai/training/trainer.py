@@ -239,28 +239,30 @@ def _validate(net, items: list[dict], task: str, roi: list[int], overlap: float,
     return regression_metrics(y_true, [float(o[0]) for o in outputs])["mae"]
 
 
-def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback: EventCallback | None = None,
-          cancel: CancelToken | None = None) -> TrainResult:
-    """Train a network on ``data`` into ``out_dir`` (card + weights); see the module docstring for the files."""
-    from monai.data import CacheDataset, DataLoader, list_data_collate
-    from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
-    from monai.utils import set_determinism
+@dataclass
+class _Plan:
+    """What the configuration and the data decide before training starts: network, preprocessing, sizes."""
 
+    task: str
+    net_cfg: dict
+    prep: Preprocessing
+    roi: list[int]
+    channels: int
+    out_channels: int
+    lr: float
+    init_state: dict | None = None  # fine-tuning: the parent model's weights
+    parent: dict | None = None  # fine-tuning: the record of the parent model written into the card
+
+
+def _plan(data: TrainingData, config: TrainConfig) -> _Plan:
+    """Check the task against the data and work out the network, preprocessing and patch size (fine-tuning included)."""
     from ..fetch import sha256_of
-    from .export import write_card
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cancel = cancel or CancelToken()
-    callback = callback or (lambda e: None)
     task = config.task
     if task != data.task:
         raise DataError(f"the data is for {data.task}, but --task {task} was asked for")
     if task not in METRIC_NAMES:
         raise DataError(f"task {task!r} cannot be trained; use segmentation, classification, multilabel or regression")
-    device = resolve_device(config.device)
-    set_determinism(seed=config.seed)
-    lr = config.lr
     ops = list(config.intensity if config.intensity is not None else [{"op": "nonzero_zscore"}])
     prep = Preprocessing(config.orientation, config.spacing, with_denoise(ops, config.denoise), crop_foreground=config.crop_foreground)
     roi = list(config.roi_size or ([96, 96, 96] if task == "segmentation" else [64, 64, 64]))
@@ -269,190 +271,292 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
         out_channels = max(data.labels) + 1 if data.labels else 2
     else:
         out_channels = len(data.classes) if task in ("classification", "multilabel") else 1
-    net_cfg = network_config(config.network, task, len(roi), channels, out_channels, config.network_args)
-    init_state, parent = None, None
+    plan = _Plan(task, network_config(config.network, task, len(roi), channels, out_channels, config.network_args),
+                 prep, roi, channels, out_channels, config.lr)
     if config.finetune_from:
         base = load_model(config.finetune_from, "cpu")
         stage = base.card.stages[-1]
         if base.card.task != task or stage.network is None:
             raise DataError(f"--from {config.finetune_from}: a {base.card.task} model (or TorchScript) cannot be fine-tuned for {task}; give a {task} model card")
-        net_cfg = dict(stage.network)
-        prep = Preprocessing(stage.orientation, stage.spacing, with_denoise(list(stage.intensity), config.denoise),
-                             crop_foreground=config.crop_foreground)
-        roi = list(config.roi_size or stage.roi_size or roi)
-        init_state = base.networks[-1].state_dict()
-        lr = config.lr * config.finetune_lr_factor
+        plan.net_cfg = dict(stage.network)
+        plan.prep = Preprocessing(stage.orientation, stage.spacing, with_denoise(list(stage.intensity), config.denoise),
+                                  crop_foreground=config.crop_foreground)
+        plan.roi = list(config.roi_size or stage.roi_size or roi)
+        plan.init_state = base.networks[-1].state_dict()
+        plan.lr = config.lr * config.finetune_lr_factor
         weights = base.card.weights_path(stage)
-        parent = {"name": base.card.name, "card": str(base.card.root / "medai.json"),
-                  "sha256": stage.sha256 or (sha256_of(weights) if weights is not None and weights.exists() else None),
-                  "lr_factor": config.finetune_lr_factor}
-        log.info("fine-tuning %s with learning rate %.2g", base.card.name, lr)
+        plan.parent = {"name": base.card.name, "card": str(base.card.root / "medai.json"),
+                       "sha256": stage.sha256 or (sha256_of(weights) if weights is not None and weights.exists() else None),
+                       "lr_factor": config.finetune_lr_factor}
+        log.info("fine-tuning %s with learning rate %.2g", base.card.name, plan.lr)
     if task != "segmentation":
-        prep.resize = roi
-    divisor = size_divisor(net_cfg)
-    if task == "segmentation" and any(r % divisor for r in roi):
-        raise DataError(f"patch size {roi} must be divisible by {divisor} for this network's strides; change --roi")
+        plan.prep.resize = plan.roi
+    divisor = size_divisor(plan.net_cfg)
+    if task == "segmentation" and any(r % divisor for r in plan.roi):
+        raise DataError(f"patch size {plan.roi} must be divisible by {divisor} for this network's strides; change --roi")
+    return plan
 
-    # split, saved first so that a resumed run uses the same one
+
+def _split(data: TrainingData, config: TrainConfig, out_dir: Path) -> dict:
+    """The train/validation/test split, saved first so that a resumed run uses the same one."""
     split_path = out_dir / "split.json"
     if config.resume and split_path.exists():
         split = load_split(split_path, data.cases)
     else:
-        split = split_cases(data.cases, tuple(config.split), config.seed, stratify=task == "classification")
+        split = split_cases(data.cases, tuple(config.split), config.seed, stratify=config.task == "classification")
         save_split(split, split_path)
-    cases = data.by_id()
-    train_cases = [cases[i] for i in split["train"]]
-    val_cases = [cases[i] for i in split["validation"]]
-    if not train_cases:
+    if not split["train"]:
         raise DataError("no training cases after the split; give more cases or change --split")
+    return split
 
-    net = build_network(net_cfg, f"network {config.network}")
-    if init_state is not None:
-        net.load_state_dict(init_state)
-    net = net.to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=config.weight_decay)
-    scheduler = _schedule(optimizer, config.warmup_epochs, config.epochs)
-    use_amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = _loss(task, out_channels)
-    metric_name = METRIC_NAMES[task]
 
-    history: list[dict] = []
-    start_epoch, best_metric, best_epoch, bad = 1, None, None, 0
-    ckpt_path = out_dir / "checkpoint_last.pt"
-    if config.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = int(ckpt["epoch"]) + 1
-        best_metric, best_epoch, bad = ckpt["best_metric"], ckpt["best_epoch"], int(ckpt["bad_validations"])
-        history = list(ckpt["history"])
-        log.info("resuming %s at epoch %d", out_dir, start_epoch)
-    elif config.resume:
-        log.warning("--resume: no %s yet; starting from the beginning", ckpt_path)
+@dataclass
+class _Loaders:
+    """Training batches (random patches and augmentation per step) and the preprocessed validation cases."""
 
-    # data: preprocessing cached in memory (as much as fits), random patches and augmentation per step
+    loader: object
+    transforms: object
+    generator: torch.Generator
+    val_items: list[dict]
+    steps: int
+    label_values: list[int]
+
+
+def _loaders(data: TrainingData, plan: _Plan, config: TrainConfig, split: dict) -> _Loaders:
+    """Preprocessing cached in memory (as much as fits the budget); random patches and augmentation per step."""
+    from monai.data import CacheDataset, DataLoader, list_data_collate
+    from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
+
+    cases = data.by_id()
+    train_cases, val_cases = [cases[i] for i in split["train"]], [cases[i] for i in split["validation"]]
     start = time.perf_counter()
-    callback(TrainEvent("cache", start_epoch, config.epochs))
-    need = sum(estimate_case_bytes(c, prep) for c in train_cases + val_cases)
+    need = sum(estimate_case_bytes(c, plan.prep) for c in train_cases + val_cases)
     budget = config.cache_fraction * available_memory()
     cache_rate = 1.0 if need <= budget else budget / need
     if cache_rate < 1.0:
         log.warning("caching %.0f%% of the cases (%.1f GB needed, %.1f GB allowed); the rest are read every epoch",
                     100 * cache_rate, need / 1e9, budget / 1e9)
-    loader_t = LoadCased(prep, task, channels)
-    if task == "segmentation":
-        sampling = [SpatialPadd(keys=["image", "label"], spatial_size=roi),
-                    RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=roi, pos=1, neg=1,
+    loader_t = LoadCased(plan.prep, plan.task, plan.channels)
+    segmentation = plan.task == "segmentation"
+    if segmentation:
+        sampling = [SpatialPadd(keys=["image", "label"], spatial_size=plan.roi),
+                    RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=plan.roi, pos=1, neg=1,
                                            num_samples=config.samples_per_case, image_key="image", image_threshold=-1e9)]
         keys = ["image", "label"]
     else:
         sampling, keys = [], ["image"]
-    train_tf = Compose([loader_t, *sampling, *augment.random_transforms(config.augmentation, keys, roi)])
+    train_tf = Compose([loader_t, *sampling, *augment.random_transforms(config.augmentation, keys, plan.roi)])
     train_ds = CacheDataset([{"case": c} for c in train_cases], train_tf, cache_rate=cache_rate, num_workers=0, progress=False)
     val_items = [loader_t({"case": c}) for c in val_cases]
-    per_case = config.samples_per_case if task == "segmentation" else 1
-    batch = config.batch_size if task == "segmentation" else max(1, config.batch_size)
+    batch = config.batch_size if segmentation else max(1, config.batch_size)
     generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(train_ds, batch_size=max(1, batch // per_case) if task == "segmentation" else batch, shuffle=True,
+    loader = DataLoader(train_ds, batch_size=max(1, batch // config.samples_per_case) if segmentation else batch, shuffle=True,
                         num_workers=0, collate_fn=list_data_collate, generator=generator)
-    steps = config.steps_per_epoch or len(loader)
-    label_values = sorted(data.labels) or [1]
     log.info("cached %d training and %d validation case(s) in %.1f s", len(train_cases), len(val_items), time.perf_counter() - start)
+    return _Loaders(loader, train_tf, generator, val_items, config.steps_per_epoch or len(loader), sorted(data.labels) or [1])
 
-    run_start, samples_done, train_time = time.perf_counter(), 0, 0.0
-    stopped = "completed"
-    epoch = start_epoch - 1
-    net.train()
+
+# What a checkpoint holds (its key -> the run's attribute): objects saved through their state_dict, and the counters.
+CHECKPOINT_STATE_DICTS = {"model": "net", "optimizer": "optimizer", "scheduler": "scheduler", "scaler": "scaler"}
+CHECKPOINT_COUNTERS = {"best_metric": "best_metric", "best_epoch": "best_epoch", "bad_validations": "bad", "history": "history"}
+
+
+@dataclass
+class _Run:
+    """One training run's state: network, optimiser, counters; saved and restored as one checkpoint."""
+
+    config: TrainConfig
+    plan: _Plan
+    out_dir: Path
+    device: torch.device
+    callback: EventCallback
+    cancel: CancelToken
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    use_amp: bool
+    loss_fn: object
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 1
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    bad: int = 0
+    run_start: float = 0.0
+
+    @property
+    def metric_name(self) -> str:
+        return METRIC_NAMES[self.plan.task]
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint_last.pt"
+
+    def save_checkpoint(self, epoch: int) -> None:
+        state = {key: getattr(self, attr).state_dict() for key, attr in CHECKPOINT_STATE_DICTS.items()}
+        counters = {key: getattr(self, attr) for key, attr in CHECKPOINT_COUNTERS.items()}
+        torch.save({**state, **counters, "epoch": epoch}, self.checkpoint_path)
+
+    def restore_checkpoint(self) -> None:
+        ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        for key, attr in CHECKPOINT_STATE_DICTS.items():
+            getattr(self, attr).load_state_dict(ckpt[key])
+        for key, attr in CHECKPOINT_COUNTERS.items():
+            setattr(self, attr, ckpt[key])
+        self.bad, self.history = int(self.bad), list(self.history)
+        self.start_epoch = int(ckpt["epoch"]) + 1
+
+    def event(self, phase: str, epoch: int, step: int, steps: int, loss: float | None, metric: float | None = None,
+              eta: float | None = None) -> None:
+        self.callback(TrainEvent(phase, epoch, self.config.epochs, step, steps, loss, self.metric_name, metric,
+                                 self.best_metric, self.best_epoch, time.perf_counter() - self.run_start, eta))
+
+
+def _start_run(config: TrainConfig, plan: _Plan, out_dir: Path, device: torch.device, callback: EventCallback,
+               cancel: CancelToken) -> _Run:
+    """Build the network, optimiser and schedule; continue from the last checkpoint with ``config.resume``."""
+    net = build_network(plan.net_cfg, f"network {config.network}")
+    if plan.init_state is not None:
+        net.load_state_dict(plan.init_state)
+    net = net.to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=plan.lr, weight_decay=config.weight_decay)
+    use_amp = config.amp and device.type == "cuda"
+    run = _Run(config, plan, out_dir, device, callback, cancel, net, optimizer, _schedule(optimizer, config.warmup_epochs, config.epochs),
+               torch.amp.GradScaler("cuda", enabled=use_amp), use_amp, _loss(plan.task, plan.out_channels))
+    if config.resume and run.checkpoint_path.exists():
+        run.restore_checkpoint()
+        log.info("resuming %s at epoch %d", out_dir, run.start_epoch)
+    elif config.resume:
+        log.warning("--resume: no %s yet; starting from the beginning", run.checkpoint_path)
+    return run
+
+
+def _train_epoch(run: _Run, epoch: int, data: _Loaders) -> tuple[float, int, float]:
+    """One epoch of optimiser steps; returns (mean loss, samples seen, seconds)."""
+    config = run.config
+    epoch_start, losses, n_samples, step = time.perf_counter(), [], 0, 0
+    _seed_epoch(config.seed, epoch, data.transforms, data.generator)
+    while step < data.steps:
+        for batch_data in data.loader:
+            run.cancel.check()
+            x = batch_data["image"].to(run.device)
+            y = batch_data["label"].to(run.device)
+            run.optimizer.zero_grad(set_to_none=True)
+            with autocast(run.device) if run.use_amp else nullcontext():
+                loss = run.loss_fn(run.net(x), y)
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            losses.append(float(loss.detach()))
+            n_samples += int(x.shape[0])
+            step += 1
+            done = (epoch - run.start_epoch) + step / data.steps
+            elapsed = time.perf_counter() - run.run_start
+            eta = elapsed / done * (config.epochs - run.start_epoch + 1 - done) if done else None
+            run.event("train", epoch, step, data.steps, float(np.mean(losses)), eta=eta)
+            if step >= data.steps:
+                break
+    run.scheduler.step()
+    return float(np.mean(losses)), n_samples, time.perf_counter() - epoch_start
+
+
+def _validate_epoch(run: _Run, epoch: int, data: _Loaders, row: dict) -> None:
+    """Validate when due and keep the best weights as ``model.pt`` (the last ones when there is no validation)."""
+    config = run.config
+    if data.val_items and (epoch % config.val_every == 0 or epoch == config.epochs):
+        run.event("validate", epoch, data.steps, data.steps, row["loss"])
+        value = _validate(run.net, data.val_items, run.plan.task, run.plan.roi, config.overlap, data.label_values, run.device,
+                          run.use_amp, run.cancel)
+        row[run.metric_name] = value
+        if _better(run.plan.task, value, run.best_metric):
+            run.best_metric, run.best_epoch, run.bad = value, epoch, 0
+            torch.save(run.net.state_dict(), run.out_dir / "model.pt")
+        else:
+            run.bad += 1
+    elif not data.val_items:  # without validation cases the last weights are the result
+        torch.save(run.net.state_dict(), run.out_dir / "model.pt")
+        run.best_epoch = epoch
+
+
+def _epochs(run: _Run, data: _Loaders) -> tuple[str, int, float]:
+    """The epoch loop; returns (how it stopped, the last epoch, samples per second)."""
+    config, metric_name = run.config, run.metric_name
+    samples_done, train_time, stopped, epoch = 0, 0.0, "completed", run.start_epoch - 1
+    run.net.train()
     try:
-        for epoch in range(start_epoch, config.epochs + 1):
-            epoch_start, losses, n_samples, step = time.perf_counter(), [], 0, 0
-            _seed_epoch(config.seed, epoch, train_tf, generator)
-            while step < steps:
-                for batch_data in loader:
-                    cancel.check()
-                    x = batch_data["image"].to(device)
-                    y = batch_data["label"].to(device)
-                    optimizer.zero_grad(set_to_none=True)
-                    with autocast(device) if use_amp else nullcontext():
-                        loss = loss_fn(net(x), y)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    losses.append(float(loss.detach()))
-                    n_samples += int(x.shape[0])
-                    step += 1
-                    done = (epoch - start_epoch) + step / steps
-                    elapsed = time.perf_counter() - run_start
-                    eta = elapsed / done * (config.epochs - start_epoch + 1 - done) if done else None
-                    callback(TrainEvent("train", epoch, config.epochs, step, steps, float(np.mean(losses)), metric_name, None,
-                                        best_metric, best_epoch, elapsed, eta))
-                    if step >= steps:
-                        break
-            scheduler.step()
-            train_s = time.perf_counter() - epoch_start
+        for epoch in range(run.start_epoch, config.epochs + 1):
+            loss, n_samples, train_s = _train_epoch(run, epoch, data)
             samples_done += n_samples
             train_time += train_s
-            row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
+            row = {"epoch": epoch, "loss": loss, "lr": run.optimizer.param_groups[0]["lr"],
                    "samples_per_s": n_samples / max(train_s, 1e-9), "time_s": train_s, metric_name: float("nan")}
-            if val_items and (epoch % config.val_every == 0 or epoch == config.epochs):
-                callback(TrainEvent("validate", epoch, config.epochs, steps, steps, row["loss"], metric_name))
-                value = _validate(net, val_items, task, roi, config.overlap, label_values, device, use_amp, cancel)
-                row[metric_name] = value
-                if _better(task, value, best_metric):
-                    best_metric, best_epoch, bad = value, epoch, 0
-                    torch.save(net.state_dict(), out_dir / "model.pt")
-                else:
-                    bad += 1
-            elif not val_items:  # without validation cases the last weights are the result
-                torch.save(net.state_dict(), out_dir / "model.pt")
-                best_epoch = epoch
-            history.append(row)
-            torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(), "epoch": epoch, "best_metric": best_metric, "best_epoch": best_epoch,
-                        "bad_validations": bad, "history": history}, ckpt_path)
-            elapsed = time.perf_counter() - run_start
-            left = config.epochs - epoch
-            callback(TrainEvent("epoch", epoch, config.epochs, steps, steps, row["loss"], metric_name, row[metric_name],
-                                best_metric, best_epoch, elapsed, elapsed / (epoch - start_epoch + 1) * left))
+            _validate_epoch(run, epoch, data, row)
+            run.history.append(row)
+            run.save_checkpoint(epoch)
+            elapsed = time.perf_counter() - run.run_start
+            run.event("epoch", epoch, data.steps, data.steps, row["loss"], row[metric_name],
+                      elapsed / (epoch - run.start_epoch + 1) * (config.epochs - epoch))
             log.info("epoch %d: loss %.4f, %s %.4f, %.1f samples/s", epoch, row["loss"], metric_name, row[metric_name], row["samples_per_s"])
-            if val_items and bad >= config.patience:
+            if data.val_items and run.bad >= config.patience:
                 stopped = "early stopping"
-                log.info("early stopping after %d validations without improvement", bad)
+                log.info("early stopping after %d validations without improvement", run.bad)
                 break
     except Cancelled:
         stopped = "cancelled"
-        log.info("training cancelled in epoch %d; keeping the best checkpoint (epoch %s)", epoch, best_epoch)
-    throughput = samples_done / max(train_time, 1e-9)
+        log.info("training cancelled in epoch %d; keeping the best checkpoint (epoch %s)", epoch, run.best_epoch)
+    return stopped, epoch, samples_done / max(train_time, 1e-9)
 
-    card_path = None
-    test_summary = None
+
+def _finish(run: _Run, data: TrainingData, split: dict, stopped: str, epoch: int, steps: int) -> tuple[Path | None, dict | None]:
+    """Write the card for the best weights, evaluate them on the test cases, draw the training curves."""
+    from .export import write_card
+
+    config, plan, out_dir = run.config, run.plan, run.out_dir
+    card_path, test_summary = None, None
+    card_args = dict(data=data, config=config, network=plan.net_cfg, prep=plan.prep, roi=plan.roi, split=split, history=run.history,
+                     best_metric=run.best_metric, best_epoch=run.best_epoch, metric_name=run.metric_name, stopped=stopped,
+                     lr=plan.lr, parent=plan.parent)
     if (out_dir / "model.pt").exists():
-        card_path = write_card(out_dir, data=data, config=config, network=net_cfg, prep=prep, roi=roi, split=split,
-                               history=history, best_metric=best_metric, best_epoch=best_epoch, metric_name=metric_name,
-                               stopped=stopped, lr=lr, parent=parent)
-        if task == "multilabel" and config.evaluate_test and split.get("test"):
+        card_path = write_card(out_dir, **card_args)
+        if plan.task == "multilabel" and config.evaluate_test and split.get("test"):
             log.warning("multi-label models are not evaluated on the test cases yet; use `medai classify` on them")
         elif stopped != "cancelled" and config.evaluate_test and split.get("test"):
             from ..evaluate import evaluate_model
 
-            callback(TrainEvent("test", epoch, config.epochs, steps, steps, None, metric_name, None, best_metric, best_epoch))
-            report = evaluate_model(card_path, data, split["test"], out_dir / "test", device=str(device), cancel=cancel)
+            run.event("test", epoch, steps, steps, None)
+            report = evaluate_model(card_path, data, split["test"], out_dir / "test", device=str(run.device), cancel=run.cancel)
             test_summary = report.summary
-            write_card(out_dir, data=data, config=config, network=net_cfg, prep=prep, roi=roi, split=split, history=history,
-                       best_metric=best_metric, best_epoch=best_epoch, metric_name=metric_name, stopped=stopped, lr=lr,
-                       test=report.card_metrics(), parent=parent)
+            write_card(out_dir, **card_args, test=report.card_metrics())
     try:
         from ..plots import training_curves
 
-        training_curves(history, metric_name, out_dir / "training_curves.png")
+        training_curves(run.history, run.metric_name, out_dir / "training_curves.png")
     except Exception as exc:  # plots are a convenience; never lose a trained model over one
         log.warning("could not draw training curves: %s", exc)
-    callback(TrainEvent("done", epoch, config.epochs, steps, steps, history[-1]["loss"] if history else None, metric_name,
-                        None, best_metric, best_epoch, time.perf_counter() - run_start, 0.0))
-    return TrainResult(out_dir, card_path, history, best_metric, best_epoch, metric_name, stopped, test_summary, throughput)
+    return card_path, test_summary
+
+
+def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback: EventCallback | None = None,
+          cancel: CancelToken | None = None) -> TrainResult:
+    """Train a network on ``data`` into ``out_dir`` (card + weights); see the module docstring for the files."""
+    from monai.utils import set_determinism
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cancel = cancel or CancelToken()
+    callback = callback or (lambda e: None)
+    device = resolve_device(config.device)
+    set_determinism(seed=config.seed)
+    plan = _plan(data, config)
+    split = _split(data, config, out_dir)
+    run = _start_run(config, plan, out_dir, device, callback, cancel)
+    callback(TrainEvent("cache", run.start_epoch, config.epochs))
+    loaders = _loaders(data, plan, config, split)
+    run.run_start = time.perf_counter()
+    stopped, epoch, throughput = _epochs(run, loaders)
+    card_path, test_summary = _finish(run, data, split, stopped, epoch, loaders.steps)
+    run.event("done", epoch, loaders.steps, loaders.steps, run.history[-1]["loss"] if run.history else None, eta=0.0)
+    return TrainResult(out_dir, card_path, run.history, run.best_metric, run.best_epoch, run.metric_name, stopped, test_summary, throughput)
 
 
 def config_record(config: TrainConfig) -> dict:
