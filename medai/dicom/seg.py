@@ -193,8 +193,10 @@ def place_on_grid(volume: Volume, reference: Volume) -> Volume:
 
 def _labels_of(seg) -> list[Label]:
     labels = []
-    for n, desc in enumerate(seg.SegmentSequence, start=1):
+    for desc in seg.SegmentSequence:
         number = int(desc.SegmentNumber)
+        if number == 0:  # a LABELMAP SEG's background
+            continue
         cat = desc.SegmentedPropertyCategoryCodeSequence[0]
         typ = desc.SegmentedPropertyTypeCodeSequence[0]
         region = desc.AnatomicRegionSequence[0] if "AnatomicRegionSequence" in desc else None
@@ -206,7 +208,7 @@ def _labels_of(seg) -> list[Label]:
             hd = require_highdicom()
             lab = [int(v) for v in desc.RecommendedDisplayCIELabValue]
             color = tuple(c / 255.0 for c in hd.color.CIELabColor.from_dicom_value(lab).to_rgb())
-        labels.append(Label(number, str(desc.SegmentLabel), color, n - 1, terminology_string(codes)))
+        labels.append(Label(number, str(desc.SegmentLabel), color, len(labels), terminology_string(codes)))
     return labels
 
 
@@ -233,7 +235,7 @@ def read_seg(path: str | os.PathLike, reference: Volume | None = None) -> Segmen
         own = place_on_grid(own, reference)
     stacked = own.array if own.array.ndim == 4 else own.array[..., None]
     layers = [np.ascontiguousarray(stacked[..., n]).astype(np.uint8) for n in range(stacked.shape[3])]
-    algo = seg.SegmentSequence[0].get("SegmentationAlgorithmIdentificationSequence")
+    algo = seg.SegmentSequence[-1].get("SegmentationAlgorithmIdentificationSequence")
     name = str(algo[0].AlgorithmName) if algo else str(seg.get("ContentLabel", ""))
     ref = Volume(layers[0], own.ijk_to_ras, path.name)
     return SegmentationResult(ref, layers, [Label(1, lab.name, lab.color, lab.layer, lab.terminology) for lab in labels], name)

@@ -96,7 +96,8 @@ def choose_series(folder: str | os.PathLike, series_uid: str | None = None) -> D
     found = scan_folder(folder)
     if not found:
         raise DicomError(f"{folder}: no DICOM files found in this folder")
-    listing = "; ".join(s.describe() for s in found.values())
+    ordered = sorted(found.values(), key=lambda s: (int(s.number) if s.number.lstrip("-").isdigit() else 0, s.uid))
+    listing = "; ".join(s.describe() for s in ordered)
     if series_uid:
         if series_uid not in found:
             raise DicomError(f"{folder}: no series {series_uid} here; the folder holds: {listing}")
@@ -104,7 +105,7 @@ def choose_series(folder: str | os.PathLike, series_uid: str | None = None) -> D
         if not chosen.is_image:
             raise DicomError(f"{folder}: series {series_uid} is a {chosen.modality}, not an image series; choose one of: {listing}")
         return chosen
-    images = [s for s in found.values() if s.is_image]
+    images = [s for s in ordered if s.is_image]
     if not images:
         raise DicomError(f"{folder}: no image series here, only {listing}")
     if len(images) > 1:
