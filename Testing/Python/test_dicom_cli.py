@@ -32,7 +32,8 @@ def mni_series(mni_files, tmp_path_factory) -> tuple:
 def test_segment_writes_seg_that_matches_the_nifti(tmp_path, mni_series, capsys):
     folder, _ = mni_series
     card = write_unet_card(tmp_path / "unet", labels={"1": {"name": "brain", "color": [0.2, 0.6, 1.0],
-                                                            "terminology": "SCT^123037004^Anatomical Structure~SCT^12738006^Brain~^^~Anatomic codes - DICOM master list~^^~^^|"}})
+                                                            "terminology": "SCT^123037004^Anatomical Structure~SCT^12738006^Brain~^^~Anatomic codes - DICOM master list~^^~^^|"}},
+                           preprocessing={"orientation": "RAS", "spacing": None, "intensity": [{"op": "zscore"}]})
     seg_path, nii_path, sr_path = tmp_path / "brain.dcm", tmp_path / "brain.nii.gz", tmp_path / "volumes.dcm"
     assert main(["segment", str(folder), "-m", str(card), "-o", str(seg_path), "--sr", str(sr_path)]) == 0
     assert main(["segment", str(folder), "-m", str(card), "-o", str(nii_path)]) == 0

@@ -268,9 +268,31 @@ def read_dicom(path: str | os.PathLike, series_uid: str | None = None) -> Volume
         from .seg import read_seg_labelmap
 
         return read_seg_labelmap(path)
-    series = DicomSeries(str(header.get("SeriesInstanceUID", "")), str(header.get("Modality", "")),
-                         str(header.get("SeriesDescription", "")), str(header.get("SeriesNumber", "")), [path], [header])
+    if "Rows" not in header or str(header.get("Modality", "")) in NON_IMAGE_MODALITIES:
+        raise DicomError(f"{path}: a {header.get('Modality', 'non-image')} object holds no image; give an image series or a SEG")
+    volume = read_files([path])
+    volume.name = path.name.removesuffix(".dcm")
+    return volume
+
+
+def read_files(files: list[Path]) -> Volume:
+    """One image series given as its files (for example from Slicer's DICOM database)."""
+    found: dict[str, DicomSeries] = {}
+    for path in files:
+        ds = _read_header(Path(path))
+        if ds is None or "SeriesInstanceUID" not in ds:
+            raise DicomError(f"{path}: not a readable DICOM file")
+        uid = str(ds.SeriesInstanceUID)
+        series = found.setdefault(uid, DicomSeries(uid, str(ds.get("Modality", "")), str(ds.get("SeriesDescription", "")),
+                                                   str(ds.get("SeriesNumber", ""))))
+        series.files.append(Path(path))
+        series.headers.append(ds)
+    if len(found) != 1:
+        raise DicomError(f"the {len(files)} file(s) given hold {len(found)} series; give the files of one series")
+    series = next(iter(found.values()))
     if not series.is_image:
-        raise DicomError(f"{path}: a {series.modality} object holds no image; give an image series or a SEG")
-    name = path.name.removesuffix(".dcm")
-    return _read_multi_frame(series, name) if int(header.get("NumberOfFrames", 1) or 1) > 1 else _read_single_frame(series, name)
+        raise DicomError(f"series {series.uid} is a {series.modality}, not an image series")
+    name = series.description or series.uid
+    if max(int(h.get("NumberOfFrames", 1) or 1) for h in series.headers) > 1:
+        return _read_multi_frame(series, name)
+    return _read_single_frame(series, name)
