@@ -72,6 +72,11 @@ def test_gantry_tilt_is_resampled_with_a_message(tmp_path, caplog):
     centre = lambda v, thr: (v.ijk_to_ras @ np.r_[np.argwhere(v.array > thr).mean(axis=0)[::-1], 1])[:3]
     src_centre = (LPS_TO_RAS @ lps @ np.r_[np.argwhere(vol.array > 200).mean(axis=0)[::-1], 1])[:3]
     assert np.allclose(centre(read, 200), src_centre, atol=0.6)
+    # a SEG on the resampled grid still references the tilted series and is valid
+    result = SegmentationResult(read, [(read.array > 200).astype(np.uint8)], [Label(1, "core", (1, 0, 0))], "m")
+    path = write_seg(result, tmp_path / "tilt_seg.dcm")
+    assert dciodvfy_errors(path) == []
+    assert np.array_equal(read_seg(path, read).layers[0], result.layers[0])
 
 
 def test_irregular_and_4d_series_are_refused(tmp_path):

@@ -204,7 +204,7 @@ def _read_single_frame(series: DicomSeries, name: str) -> Volume:
     if tilted:
         array, ijk_to_lps = _untilt(array, ijk_to_lps, normal, f"series {series.uid}")
     headers = [series.headers[n] for n in order]
-    return Volume(array, LPS_TO_RAS @ ijk_to_lps, name=name, metadata={"dicom": DicomSource(series, headers, resampled=tilted)})
+    return Volume(array, LPS_TO_RAS @ ijk_to_lps, name=name, metadata={"dicom": DicomSource(series, headers, resampled=bool(tilted))})
 
 
 def volume_from_highdicom(volume, name: str, metadata: dict | None = None) -> Volume:
