@@ -200,3 +200,12 @@ def test_sr_for_segments_and_classification_validates(tmp_path):
     assert dciodvfy_errors(path) == []
     text = str(pydicom.dcmread(path))
     assert "tumour score" in text and "normal score" in text and "ELLIPSOID" in text
+
+
+def test_empty_result_still_writes_a_valid_seg(tmp_path):
+    write_series(Volume(np.zeros((4, 8, 8), np.int16), np.eye(4)), tmp_path / "s")
+    read = read_image(tmp_path / "s")
+    path = write_seg(SegmentationResult(read, [np.zeros((4, 8, 8), np.uint8)], [Label(1, "nothing", (1, 0, 0))]), tmp_path / "e.dcm")
+    assert dciodvfy_errors(path) == []
+    back = read_seg(path)
+    assert back.layers[0].shape == (4, 8, 8) and not back.layers[0].any()

@@ -138,38 +138,23 @@ def write_seg(result: SegmentationResult, path: str | os.PathLike, algorithm: Al
 
 def _find_reference_grid(path: Path, seg) -> Volume | None:
     """The grid of the series the SEG references, when its files lie beside the SEG (its folder or a sub-folder)."""
-    from .series import _single_frame_geometry
+    from .series import TILT_TOLERANCE, _single_frame_geometry, scan_folder
 
     wanted = {str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])}
     folders = [path.parent] + [p for p in sorted(path.parent.iterdir()) if p.is_dir()]
     for folder in folders:  # not recursive: a SEG's folder may be large
-        for series in scan_folder_shallow(folder).values():
+        for series in scan_folder(folder, recursive=False).values():
             if series.uid in wanted and series.is_image and all(int(h.get("NumberOfFrames", 1) or 1) == 1 for h in series.headers):
                 try:
-                    _, ijk_to_lps, _ = _single_frame_geometry(series)
+                    _, ijk_to_lps, normal = _single_frame_geometry(series)
                 except DicomError:
                     continue
+                step = ijk_to_lps[:3, 2] / np.linalg.norm(ijk_to_lps[:3, 2])
+                if np.linalg.norm(np.cross(step, normal)) > TILT_TOLERANCE:
+                    continue  # tilted: the SEG lies on a resampled grid, not the series'
                 rows, cols = int(series.headers[0].Rows), int(series.headers[0].Columns)
                 return Volume(np.zeros((len(series.headers), rows, cols), np.uint8), LPS_TO_RAS @ ijk_to_lps, name=series.uid)
     return None
-
-
-def scan_folder_shallow(folder: Path):
-    """Series of the files directly in ``folder`` (not its sub-folders)."""
-    from .series import DicomSeries, _read_header
-
-    found: dict[str, DicomSeries] = {}
-    for p in sorted(folder.iterdir()):
-        if not p.is_file():
-            continue
-        ds = _read_header(p)
-        if ds is None or "SeriesInstanceUID" not in ds:
-            continue
-        s = found.setdefault(str(ds.SeriesInstanceUID), DicomSeries(str(ds.SeriesInstanceUID), str(ds.get("Modality", "")),
-                                                                    str(ds.get("SeriesDescription", "")), str(ds.get("SeriesNumber", ""))))
-        s.files.append(p)
-        s.headers.append(ds)
-    return found
 
 
 def place_on_grid(volume: Volume, reference: Volume) -> Volume:

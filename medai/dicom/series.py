@@ -73,11 +73,11 @@ def _read_header(path: Path):
         return None
 
 
-def scan_folder(folder: str | os.PathLike) -> dict[str, DicomSeries]:
+def scan_folder(folder: str | os.PathLike, recursive: bool = True) -> dict[str, DicomSeries]:
     """Every DICOM series in ``folder`` (and its sub-folders), by SeriesInstanceUID; other files are skipped."""
     folder = Path(folder)
     found: dict[str, DicomSeries] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir()) if p.is_file()):
         ds = _read_header(path)
         if ds is None or "SeriesInstanceUID" not in ds:
             continue
