@@ -67,22 +67,25 @@ def sitk_from_volume(volume: Volume, array: np.ndarray | None = None) -> sitk.Im
     return image
 
 
-def read_image(path: str | os.PathLike) -> Volume:
-    """Read NRRD, NIfTI, MetaImage, a 2D image file, or a folder holding one DICOM series."""
+def _is_dicom(path: Path) -> bool:
+    from .dicom.series import is_dicom_file
+
+    return path.is_dir() or is_dicom_file(path)
+
+
+def read_image(path: str | os.PathLike, series: str | None = None) -> Volume:
+    """Read NRRD, NIfTI, MetaImage, a 2D image file, a DICOM file (multi-frame, SEG) or a folder of DICOM series.
+
+    ``series``: the SeriesInstanceUID to read from a folder holding several (see :mod:`medai.dicom.series`).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input image not found: {path}")
     name = path.name
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise GeometryError(f"{path}: no DICOM series found in this folder")
-        if len(series) > 1:
-            log.warning("%s holds %d DICOM series; reading the first (%s)", path, len(series), series[0])
-        files = reader.GetGDCMSeriesFileNames(str(path), series[0])
-        reader.SetFileNames(files)
-        image = reader.Execute()
+    if _is_dicom(path):
+        from .dicom.series import read_dicom
+
+        return read_dicom(path, series)
     else:
         for suffix in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr"):
             if name.lower().endswith(suffix):

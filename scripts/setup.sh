@@ -22,3 +22,7 @@ fi
 pip_install -r requirements.txt
 pip_install --no-deps --no-build-isolation -e . || pip_install --no-deps -e .
 .venv/bin/python -c "import torch, monai, SimpleITK, slicer, medai" || { echo "setup: import check failed" >&2; exit 1; }
+# dciodvfy (dicom3tools) validates the DICOM SEG/SR the tests write; their tests skip without it
+if ! command -v dciodvfy >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq dicom3tools) >/dev/null 2>&1 || echo "setup: could not install dicom3tools (dciodvfy); DICOM validation tests will skip" >&2
+fi

@@ -6,6 +6,8 @@ import csv
 import time
 from pathlib import Path
 
+from ..dicom.outputs import add_input_option, write_classify_sr
+from ..dicom.seg import require_source
 from ..engine.classify import classify
 from ..explain.gradcam import METHODS
 from ..geometry import Volume
@@ -30,6 +32,8 @@ def register(sub) -> None:
     p.add_argument("--margin", type=float, default=None, help="crop margin around --region, as a fraction of its size (default: the model card's, else 0.1)")
     p.add_argument("--hotspot-threshold", type=float, default=0.5, help="hot spots are where the heatmap reaches this fraction (0-1) of its peak (default 0.5)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--sr", metavar="REPORT.dcm", default=None, help="also write a DICOM SR (TID 1500): scores, findings (DICOM input only)")
+    add_input_option(p)
     p.set_defaults(handler=run)
 
 
@@ -54,7 +58,10 @@ def run(args) -> int:
         raise ValueError(f"output {out}: use a .csv file")
     if args.explain and suffix_of(args.explain) not in HEATMAP_SUFFIXES:
         raise ValueError(f"--explain {args.explain}: use one of {', '.join(HEATMAP_SUFFIXES)}")
-    volumes = [read_image(p) for p in args.images]
+    volumes = [read_image(p, args.series) for p in args.images]
+    if args.sr:
+        for volume in volumes:
+            require_source(volume, "DICOM SR")  # before the model runs
     region = None
     if args.region:
         mask = read_image(args.region)
@@ -80,6 +87,8 @@ def run(args) -> int:
         _write_csv(Path(args.findings), [
             {"image": f.case, "kind": f.kind, "finding": f.name, "R": f.position_ras[0], "A": f.position_ras[1], "S": f.position_ras[2],
              "size_ml": f.size_ml, "peak_score": f.peak_score} for f in result.findings])
+    for path in write_classify_sr(args, result, model):
+        print(f"{path}: DICOM SR")
     total = ", ".join(f"{k} {v:.1f}s" for k, v in {"load": load_s, **result.timings}.items() if v >= 0.05)
     print(f"{out}: {len(result.cases)} image(s) on {result.device} ({total})")
     for case in result.cases:

@@ -5,21 +5,24 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..dicom.outputs import add_segment_options, write_segment_outputs
+from ..dicom.seg import require_source
 from ..engine.segment import segment
 from ..io import read_image, suffix_of
 from ..models.loader import load_model
 from ..results import write_segmentation
 from .progressbar import ProgressBar
 
-OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
+OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".dcm")
 
 
 def register(sub) -> None:
     p = sub.add_parser("segment", help="segment image files with a model")
     p.add_argument("images", nargs="+", help="input image(s): NRRD, NIfTI, MHA or a DICOM series folder; several = channels, first defines the grid")
     p.add_argument("--model", "-m", default=None, help="catalog name, bundle folder or .zip, model card .json, or TorchScript file (default: the catalog's default)")
-    p.add_argument("-o", "--output", required=True, help="output: .seg.nrrd (named segments), .nii.gz, .nrrd or .mha labelmap")
+    p.add_argument("-o", "--output", required=True, help="output: .seg.nrrd (named segments), .nii.gz, .nrrd or .mha labelmap, or .dcm (DICOM SEG; DICOM input only)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    add_segment_options(p)
     p.set_defaults(handler=run)
 
 
@@ -29,13 +32,19 @@ def run(args) -> int:
     out = Path(args.output)
     if suffix_of(out) not in OUTPUT_SUFFIXES:
         raise ValueError(f"output {out}: use one of {', '.join(OUTPUT_SUFFIXES)}")
-    volumes = [read_image(p) for p in args.images]
+    volumes = [read_image(p, args.series) for p in args.images]
+    if out.suffix.lower() == ".dcm" or args.sr:
+        require_source(volumes[0], "DICOM SEG/SR")  # before the model runs
     start = time.perf_counter()
     model = load_model(args.model or catalog.default_model_name(), args.device)
     load_s = time.perf_counter() - start
     with ProgressBar(f"segment {Path(args.images[0]).name}") as bar:
         result = segment(model, volumes, bar)
-    write_segmentation(result, out)
+    if out.suffix.lower() != ".dcm":
+        write_segmentation(result, out)
+    for extra in write_segment_outputs(args, result, model, out):
+        if extra != out:
+            print(f"{extra}: DICOM SR")
     total = ", ".join(f"{k} {v:.1f}s" for k, v in {"load": load_s, **result.timings}.items())
     print(f"{out}: {len(result.labels)} label(s) on {result.device} ({total})")
     for row in result.summary():

@@ -30,6 +30,7 @@ from ..requests import ClassifyRequest, request_from
 from ..resample import resample_volume_to
 from . import classify_nodes as nodes
 from . import scene as bridge
+from .dicom_export import place_in_source_study
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ class ClassifyLogic:
             for case, ref in zip(result.cases, refs):
                 if case.heatmap is not None and ref is not None:
                     out.heatmap_nodes.append(nodes.heatmap_node(scene, case, result, ref))
+                    place_in_source_study(out.heatmap_nodes[-1], ref)  # under the source's DICOM study
             findings = result.findings
             if findings:
                 out.findings_table_node = nodes.findings_table_node(scene, findings, f"{result.model_name} findings")

@@ -17,6 +17,7 @@ from ..engine.segment import segment as run_segmentation
 from ..models.loader import LoadedModel, load_model
 from ..results import SegmentationResult
 from . import scene as bridge
+from .dicom_export import place_in_source_study
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class SegmentLogic:
             if output_labelmap is not None and output_labelmap is not False:
                 existing = None if output_labelmap is True else output_labelmap
                 self.last_labelmap_node = bridge.labelmap_node_from_result(result, reference_node, existing)
+            for made in (node, self.last_labelmap_node):  # under the source's DICOM study, ready for Export to DICOM
+                if made is not None:
+                    place_in_source_study(made, reference_node)
             result.timings["scene"] = time.perf_counter() - start
         self.last_result, self.last_timings = result, dict(result.timings)
         return node
