@@ -1,4 +1,4 @@
-"""The ``medai`` command line: ``medai segment|models|demo|train|evaluate ...``.
+"""The ``medai`` command line: ``medai segment|classify|models|demo|train|evaluate ...`` (see ``medai --help``).
 
 Each sub-command lives in ``medai/commands/<name>.py`` with ``register(subparsers)``; its
 handler returns an exit code. Errors are printed as one clear line with a non-zero exit.

@@ -59,7 +59,13 @@ def sitk_from_volume(volume: Volume, array: np.ndarray | None = None) -> sitk.Im
     array = volume.array if array is None else array
     is_vector = array.ndim == 4
     image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=is_vector)
-    ijk_to_lps = LPS_TO_RAS @ volume.ijk_to_ras
+    set_sitk_geometry(image, volume.ijk_to_ras)
+    return image
+
+
+def set_sitk_geometry(image: sitk.Image, ijk_to_ras: np.ndarray) -> sitk.Image:
+    """Give a 3D SimpleITK image the grid of an IJK-to-RAS matrix (spacing, direction and origin in LPS)."""
+    ijk_to_lps = LPS_TO_RAS @ ijk_to_ras
     spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
     image.SetSpacing([float(s) for s in spacing])
     image.SetDirection([float(d) for d in (ijk_to_lps[:3, :3] / spacing).ravel()])

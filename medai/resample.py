@@ -5,19 +5,14 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import LPS_TO_RAS, Volume, to_ijk_array
+from .geometry import Volume, to_ijk_array
+from .io import set_sitk_geometry
 
 
 def _image(channels_ijk: np.ndarray, affine: np.ndarray) -> sitk.Image:
     """SimpleITK image from a ``(C, I, J, K)`` array with an IJK-to-RAS affine."""
     arr = np.ascontiguousarray(np.moveaxis(channels_ijk, 0, -1).transpose(2, 1, 0, 3))  # -> [k, j, i, c]
-    img = sitk.GetImageFromArray(arr, isVector=True)
-    lps = LPS_TO_RAS @ affine
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    img.SetSpacing([float(s) for s in spacing])
-    img.SetDirection([float(d) for d in (lps[:3, :3] / spacing).ravel()])
-    img.SetOrigin([float(o) for o in lps[:3, 3]])
-    return img
+    return set_sitk_geometry(sitk.GetImageFromArray(arr, isVector=True), affine)
 
 
 def resample_channels(

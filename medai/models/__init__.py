@@ -1,1 +1,1 @@
-"""Model formats: MONAI Bundles, model cards, TorchScript; the catalog."""
+"""Models: the format plugins (:mod:`.formats`: MONAI Bundle, model card, TorchScript, ONNX), the card parser, the catalog, the loader."""
