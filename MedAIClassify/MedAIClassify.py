@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Union
+from typing import Optional, Union
 
 import slicer
 from slicer.parameterNodeWrapper import parameterNodeWrapper
@@ -58,7 +58,9 @@ class MedAIClassifyParameterNode:
     inputVolume1: vtkMRMLScalarVolumeNode
     inputVolume2: vtkMRMLScalarVolumeNode
     inputVolume3: vtkMRMLScalarVolumeNode
-    region: Union[vtkMRMLSegmentationNode, vtkMRMLMarkupsROINode]
+    # None must be part of a node Union: the wrapper writes the default None into every new parameter node
+    # (Slicer's docs: parameter_nodes/gui_connection.md)
+    region: Optional[Union[vtkMRMLSegmentationNode, vtkMRMLMarkupsROINode]]
     regionSegment: str = ""
     explain: bool = True
     method: str = "gradcam"
