@@ -99,6 +99,8 @@ def slicer_python(packaging: bool = True, testing: bool = False):
     saved_attrs = dict(vars(slicer))
     saved_path = list(sys.path)
     try:
+        for name in [n for n in sys.modules if n.split(".")[0] in MODULE_FOLDERS]:
+            del sys.modules[name]  # imported afresh over Slicer's Python; the originals come back afterwards
         for name in ("qt", "ctk"):
             sys.modules[name] = _stand_in(name)
         i18n = types.ModuleType("slicer.i18n")
@@ -113,8 +115,8 @@ def slicer_python(packaging: bool = True, testing: bool = False):
             setattr(slicer, widget, getattr(sys.modules["qt"], widget))  # Slicer's Qt widgets: empty classes too
         slicer.parameterNodeWrapper = _load("slicer.parameterNodeWrapper", root / "parameterNodeWrapper", package=True)
         slicer.ScriptedLoadableModule = _load("slicer.ScriptedLoadableModule", root / "ScriptedLoadableModule.py")
-        if packaging:
-            slicer.packaging = _load("slicer.packaging", root / "packaging.py")
+        if packaging:  # in sys.modules only: slicer/__init__ does not import it, so no slicer.packaging attribute yet
+            _load("slicer.packaging", root / "packaging.py")
         else:
             sys.modules["slicer.packaging"] = None  # "import slicer.packaging" raises ImportError, as in Slicer 5.10
             slicer.__dict__.pop("packaging", None)
