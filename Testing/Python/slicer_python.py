@@ -6,7 +6,7 @@ back afterwards (``sys.modules`` and the ``slicer`` package's attributes), so ot
 process see the plain slicer-core package again.
 
 Qt and CTK are not available (PythonQt): ``qt`` and ``ctk`` are stand-in modules whose every attribute
-is an empty class, enough for the class statements and annotations these files run at import time
+is an empty class (its enum values are strings), enough for the class statements and annotations these files run at import time
 (Slicer's ``slicer.q*`` widget classes likewise). Nothing here uses
 them to decide anything: code that needs a real widget is not run. ``slicer.i18n.tr`` returns its text.
 """
@@ -33,6 +33,15 @@ def require_slicer_python() -> Path:
     return SLICER_PYTHON
 
 
+class _EmptyClass(type):
+    """Class attributes that are not defined (enum values such as ``qt.Qt.WaitCursor``) are their own names."""
+
+    def __getattr__(cls, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return f"{cls.__name__}.{attr}"
+
+
 def _stand_in(name: str) -> types.ModuleType:
     """A module whose every attribute is an empty class (cached, so ``qt.QWidget is qt.QWidget``)."""
     module = types.ModuleType(name)
@@ -41,7 +50,7 @@ def _stand_in(name: str) -> types.ModuleType:
     def __getattr__(attr: str):
         if attr.startswith("__"):
             raise AttributeError(attr)
-        cls = type(attr, (), {"__module__": name})
+        cls = _EmptyClass(attr, (), {"__module__": name})
         setattr(module, attr, cls)
         return cls
 
