@@ -87,3 +87,48 @@ def test_union_without_none_is_what_slicer_rejects():
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
         with pytest.raises(TypeError, match="Unable to write value 'None'"):
             Broken(node)
+
+
+def ui_parameter_widgets(ui_path) -> list[tuple[str, str, list[str] | None, bool | None]]:
+    """(widget class, SlicerParameterName, nodeTypes, noneEnabled) of every .ui widget bound to a field."""
+    import xml.etree.ElementTree as ET
+
+    out = []
+    for w in ET.parse(ui_path).iter("widget"):
+        props = {p.get("name"): p for p in w.findall("property")}
+        if "SlicerParameterName" in props:
+            types_ = props.get("nodeTypes")
+            none = props.get("noneEnabled")
+            out.append((w.get("class"), props["SlicerParameterName"].findtext("string"),
+                        [s.text for s in types_.iter("string")] if types_ is not None else None,
+                        None if none is None else none.findtext("bool") == "true"))
+    return out
+
+
+@pytest.mark.parametrize("moduleName", MODULES)
+def test_ui_parameter_names_match_the_fields_as_slicer_connects_them(moduleName):
+    """Each .ui SlicerParameterName is a field of the module's wrapper of the kind its widget represents,
+    checked with the functions Slicer's own GUI connectors use (isNodeOrUnionOfNodes, getNodeTypes)."""
+    from pathlib import Path
+
+    ui = Path(__file__).resolve().parents[2] / moduleName / "Resources" / "UI" / f"{moduleName}.ui"
+    with slicer_python() as slicer:
+        pnw = slicer.parameterNodeWrapper
+        module = importlib.import_module(moduleName)
+        cls, = wrapper_classes(slicer, module)
+        hints = typing.get_type_hints(cls)
+        bound = ui_parameter_widgets(ui)
+        assert bound, f"{ui.name} binds no widget to the parameter node"
+        for widgetClass, name, nodeTypes, noneEnabled in bound:
+            assert name in hints, f"{ui.name}: SlicerParameterName {name!r} is not a field of {cls.__name__}"
+            datatype = hints[name]
+            if widgetClass == "qMRMLNodeComboBox":
+                assert pnw.isNodeOrUnionOfNodes(datatype), f"{name}: {datatype} cannot drive a node combo box"
+                assert sorted(pnw.getNodeTypes(datatype)) == sorted(nodeTypes), f"{ui.name}: nodeTypes of {name}"
+                if noneEnabled:
+                    assert node_classes(datatype) and (len(node_classes(datatype)) == 1 or type(None) in typing.get_args(datatype)), \
+                        f"{name}: the selector allows None but the Union does not"
+            elif widgetClass in ("QCheckBox", "ctkCheckBox"):
+                assert pnw.unannotatedType(datatype) is bool, name
+            else:
+                assert pnw.unannotatedType(datatype) in (str, int, float), f"{name}: {widgetClass} bound to {datatype}"
