@@ -25,6 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SLICER_PYTHON = REPO.parent / "shared" / "fixtures" / "slicer-python" / "slicer_v5_12_3"
 MODULE_FOLDERS = ("MedAILib", "MedAISegment", "MedAIClassify")
+OWNED = {"qt", "ctk", "slicer", "PyTorchUtils", *MODULE_FOLDERS}  # top-level names whose modules are put back
 
 
 def require_slicer_python() -> Path:
@@ -135,8 +136,8 @@ def slicer_python(packaging: bool = True, testing: bool = False):
             sys.path.insert(0, str(REPO / folder) if folder != "MedAILib" else str(REPO))
         yield slicer
     finally:
-        for name in list(sys.modules):
-            if name not in saved_modules or sys.modules[name] is not saved_modules[name]:
+        for name in list(sys.modules):  # what this harness put there (numpy, torch... loaded meanwhile stay)
+            if name.split(".")[0] in OWNED and (name not in saved_modules or sys.modules[name] is not saved_modules[name]):
                 del sys.modules[name]
         sys.modules.update(saved_modules)
         for name in list(vars(slicer)):
