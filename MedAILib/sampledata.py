@@ -31,7 +31,13 @@ def loadSample(name: str):
 
 
 def registerSampleData(iconsPath: str | None = None) -> None:
-    """Add every catalog sample to the Sample Data module under "MedAI"."""
+    """Add every catalog sample to the Sample Data module under "MedAI".
+
+    The Sample Data button calls :func:`loadSample` (the source's custom downloader).
+    ``SampleData.downloadSample(name)`` cannot load these samples: Slicer's ``downloadSamples`` only
+    fetches a source's ``uris`` (none here: the files come out of a pinned wheel) and never calls the
+    custom downloader, so it finds nothing (IndexError). Use ``loadSample(name)`` from the console.
+    """
     try:
         import SampleData
     except ImportError:
