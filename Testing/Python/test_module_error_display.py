@@ -11,6 +11,7 @@ else from them.
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import types
 
@@ -48,9 +49,11 @@ def test_a_corrupt_model_card_is_shown_once_and_leaves_apply_disabled(tmp_path):
 
 
 def test_a_readable_model_enables_apply_again(tmp_path):
-    from conftest import write_unet_card
-
-    card = write_unet_card(tmp_path / "m", in_channels=2)
+    card = tmp_path / "medai.json"  # a two-input card: only its inputs are read here (no weights needed)
+    card.write_text(json.dumps({"schema": "medai.card/1", "name": "two-inputs", "task": "segmentation",
+                                "network": {"_target_": "monai.networks.nets.UNet"}, "weights": "model.pt",
+                                "inputs": [{"name": "ch0"}, {"name": "ch1"}], "labels": {"1": {"name": "organ"}},
+                                "inference": {"mode": "sliding_window", "roi_size": [32, 32, 32]}}))
     with slicer_python() as slicer:
         MedAISegment = importlib.import_module("MedAISegment")
         widget = bare_widget(MedAISegment.MedAISegmentWidget, str(card))
