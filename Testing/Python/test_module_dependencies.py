@@ -135,17 +135,14 @@ def test_declined_or_failed_install_returns_false_and_never_raises():
         assert len(slicer.shownErrors) == 1 and "installing the Python dependencies failed" in slicer.shownErrors[0]
 
 
-def test_torch_still_missing_after_install_is_reported():
+def test_torch_still_missing_after_install_is_reported(monkeypatch):
     with slicer_python(packaging=False) as slicer:
         from MedAILib import dependencies as deps
 
         calls, asked = [], []
         slicer.util.pip_install = record(calls, "util.pip_install")
         slicer.util.confirmOkCancelDisplay = confirm(asked)
-        # a module that cannot be found stands for torch still missing after the install
-        deps.plan_install.__defaults__ = (lambda name: None if name == "torch" else object(),)
-        try:
-            assert not deps.ensure_dependencies(plan=deps.InstallPlan(torch=True))
-        finally:
-            deps.plan_install.__defaults__ = (deps.importlib.util.find_spec,)
+        monkeypatch.setitem(sys.modules, "torch", None)  # find_spec("torch") is None: still missing after the install
+        assert not deps.ensure_dependencies(plan=deps.InstallPlan(torch=True))
+        assert calls == [("util.pip_install", "torch>=2.0", {})]
         assert "PyTorch was not installed" in slicer.shownErrors[0]
