@@ -18,6 +18,8 @@ import PyTorch (so a fresh Slicer shows the panel and Apply/Train reach the depe
 
 from __future__ import annotations
 
+import logging
+
 import slicer
 import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
@@ -51,6 +53,8 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # input selectors in use, set by onModelChanged (not read from .visible: a selector inside the
         # collapsed Parameters section is not visible)
         self._inputCount = 1
+        # False while the selected model's inputs cannot be read (the error was shown): Apply stays disabled
+        self._modelReadable = True
 
     # -- hooks -------------------------------------------------------------------------------------
     def _createLogic(self):
@@ -162,17 +166,24 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """One input selector per model input, labelled with the input's name; then the module's controls."""
         from medai.slicer import panel
 
-        with slicer.util.tryWithErrorDisplay(self.MODEL_ERROR):
-            names = panel.model_inputs(spec) if spec else ["input"]
-            self._inputCount = min(len(names), MAX_INPUTS)
-            for n, (label, selector) in enumerate(zip(self.inputLabels, self.inputSelectors)):
-                label.visible = selector.visible = n < len(names)
-                if n < len(names):
-                    label.text = f"{names[n]}:"
-            if len(names) > MAX_INPUTS:
-                slicer.util.errorDisplay(f"This model has {len(names)} inputs; the panel offers {MAX_INPUTS}. "
-                                         f"Use the Python console: {self.CONSOLE_CALL}")
-            self._onModelChanged(spec)
+        self._modelReadable = False
+        try:
+            # tryWithErrorDisplay shows the error, then re-raises it: a corrupt card (or a CUDA error in the
+            # device hint) must not abort setup() or enter(), so it ends here and Apply stays disabled
+            with slicer.util.tryWithErrorDisplay(self.MODEL_ERROR):
+                names = panel.model_inputs(spec) if spec else ["input"]
+                self._inputCount = min(len(names), MAX_INPUTS)
+                for n, (label, selector) in enumerate(zip(self.inputLabels, self.inputSelectors)):
+                    label.visible = selector.visible = n < len(names)
+                    if n < len(names):
+                        label.text = f"{names[n]}:"
+                if len(names) > MAX_INPUTS:
+                    slicer.util.errorDisplay(f"This model has {len(names)} inputs; the panel offers {MAX_INPUTS}. "
+                                             f"Use the Python console: {self.CONSOLE_CALL}")
+                self._onModelChanged(spec)
+            self._modelReadable = True
+        except Exception:
+            logging.exception("MedAI: %s (%s)", self.MODEL_ERROR, spec)
         if self._parameterNode:
             self._parameterNode.modelSpec = spec
         self._checkCanApply()
@@ -185,9 +196,10 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return [s.currentNode() for s in self.inputSelectors[:self._inputCount]]
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        ready = bool(self.models.currentSpec()) and all(self.inputNodes())
+        ready = bool(self.models.currentSpec()) and self._modelReadable and all(self.inputNodes())
         self.ui.applyButton.enabled = ready or self.run.running
-        self.ui.applyButton.toolTip = "Run the model" if ready else "Select a model and a volume for every input"
+        self.ui.applyButton.toolTip = ("Run the model" if ready else "Select a model and a volume for every input"
+                                       if self._modelReadable else self.MODEL_ERROR)
 
     # -- run ---------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:

@@ -8,6 +8,7 @@ files; they hold no algorithm.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
 
@@ -119,8 +120,12 @@ class ModelSelector:
     def _import(self, path: str) -> None:
         if not path:
             return
-        with slicer.util.tryWithErrorDisplay("Cannot import this model."):
-            self.addModel(path)
+        try:
+            # tryWithErrorDisplay shows the error, then re-raises it: a menu slot has nothing more to do
+            with slicer.util.tryWithErrorDisplay("Cannot import this model."):
+                self.addModel(path)
+        except Exception:
+            logging.exception("MedAI: cannot import the model %s", path)
 
     def addModel(self, path: str) -> str:
         """Add an imported or trained model to the user's list (shared by both panels) and select it."""

@@ -187,3 +187,61 @@ def test_train_section_ui_names_match_code():
     assert '"Resources", "UI", "MedAITrainSection.ui"' in code
     assert "RESOURCES ${MODULE_PYTHON_RESOURCES}" in (REPO / "MedAILib" / "CMakeLists.txt").read_text()
     assert "TrainSection(self, self.MODEL_TASK)" in (REPO / "MedAILib" / "moduleWidget.py").read_text()
+
+
+def _error_display_uses(tree: ast.AST):
+    """(function, with-node, enclosing try-nodes) for every ``with slicer.util.tryWithErrorDisplay(...)``."""
+    def walk(node, function, tries):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield from walk(child, child, [])
+                continue
+            inner = tries + [child] if isinstance(child, ast.Try) else tries
+            if isinstance(child, ast.With) and any(
+                    isinstance(item.context_expr, ast.Call) and ast.unparse(item.context_expr.func).endswith("tryWithErrorDisplay")
+                    for item in child.items):
+                yield function, child, [t for t in tries if any(child is n for s in t.body for n in ast.walk(s))]
+            yield from walk(child, function, inner)
+
+    yield from walk(tree, None, [])
+
+
+def _catches_exception(handler: ast.ExceptHandler) -> bool:
+    names = [handler.type] if not isinstance(handler.type, ast.Tuple) else handler.type.elts
+    return handler.type is None or any(getattr(n, "id", None) in ("Exception", "BaseException") for n in names)
+
+
+def test_every_try_with_error_display_ends_the_error_itself():
+    """Slicer's tryWithErrorDisplay shows the error, then re-raises it (util.py: ``errorDisplay(...); raise``).
+
+    So every use sits in a ``try`` that catches Exception in the same function (else the error escapes
+    into setup(), enter() or a button slot), and no statement follows a ``with`` block that ends in a
+    return as if the error had been swallowed (it could never run).
+    """
+    offenders, count = [], 0
+    for folder in module_dirs():
+        for path in py_files(folder):
+            tree = ast.parse(path.read_text())
+            for function, node, tries in _error_display_uses(tree):
+                count += 1
+                where = f"{path.relative_to(REPO)}:{node.lineno} ({function.name if function else 'module'})"
+                if not any(_catches_exception(h) for t in tries for h in t.handlers):
+                    offenders.append(f"{where}: not inside a try/except Exception")
+                block = next(b for p in ast.walk(tree) for f in ("body", "orelse", "finalbody")
+                             for b in [getattr(p, f, None)] if isinstance(b, list) and node in b)
+                after = block[block.index(node) + 1:]
+                if isinstance(node.body[-1], ast.Return) and after:
+                    offenders.append(f"{where}: statements after a with-block that returns can never run "
+                                     f"(line {after[0].lineno})")
+    assert count, "no tryWithErrorDisplay use found: the check looks at nothing"
+    assert not offenders, "tryWithErrorDisplay re-raises:\n" + "\n".join(offenders)
+
+
+def test_error_display_rule_catches_the_old_patterns(tmp_path):
+    bare = ast.parse("def f():\n    with slicer.util.tryWithErrorDisplay('x'):\n        return g()\n    return None\n")
+    ok = ast.parse("def f():\n    try:\n        with slicer.util.tryWithErrorDisplay('x'):\n            g()\n"
+                   "    except Exception:\n        return None\n")
+    (function, node, tries), = _error_display_uses(bare)
+    assert function.name == "f" and tries == [] and isinstance(node.body[-1], ast.Return)
+    (_, _, tries), = _error_display_uses(ok)
+    assert len(tries) == 1 and _catches_exception(tries[0].handlers[0])

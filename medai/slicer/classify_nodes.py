@@ -104,10 +104,10 @@ def heatmap_node(scene, case: CaseResult, result: ClassificationResult, referenc
 
 def show_as_foreground(scene, heat_node, reference_node, opacity: float = 0.4) -> int:
     """Show the heatmap over the reference in every slice view present; returns how many views were set."""
-    views = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    # GetNthNodeByClass, not GetNodesByClass: that returns a new vtkCollection the caller must UnRegister
     count = 0
-    for n in range(views.GetNumberOfItems()):
-        composite = views.GetItemAsObject(n)
+    for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode")
         if reference_node is not None and not composite.GetBackgroundVolumeID():
             composite.SetBackgroundVolumeID(reference_node.GetID())
         composite.SetForegroundVolumeID(heat_node.GetID())

@@ -4,7 +4,9 @@ Qt-free, and the one way MedAI runs a model from a panel or the console. A :clas
 three callables:
 
 * ``prepare()`` (optional) runs on the calling (main) thread when the job starts: it reads the
-  nodes (voxels, region masks) so that the worker never touches the scene;
+  nodes (voxels, region masks) so that the worker never touches the scene; every array in what it
+  returns that views a node's buffer is copied there (:func:`detach_arrays`), because the GUI stays
+  live while the model runs and the user may change or delete that volume;
 * ``compute(prepared, progress, cancel)`` runs on the worker thread and touches no node;
 * ``apply(result)`` runs on the main thread and puts the finished result into the scene.
 
@@ -24,6 +26,7 @@ complete, and nodes that a failing ``apply`` added are removed again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -32,6 +35,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from ..engine.progress import CancelToken, Cancelled
 from . import scene as bridge
@@ -73,6 +78,30 @@ class MainThreadQueue:
                 fn = self._queue.get_nowait()
             except queue.Empty:
                 return ran
+
+
+def detach_arrays(value):
+    """``value`` with every numpy array that views another buffer (a volume node's voxels) copied.
+
+    Walks lists, tuples, dicts and dataclasses (:class:`medai.geometry.Volume`, training cases); other
+    objects are kept as they are. Arrays that own their data are not copied.
+    """
+    if isinstance(value, np.ndarray):
+        return value if value.flags.owndata else value.copy()
+    if isinstance(value, list):
+        return [detach_arrays(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(detach_arrays(v) for v in value)
+    if isinstance(value, dict):
+        return {k: detach_arrays(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            current = getattr(value, f.name)
+            detached = detach_arrays(current)
+            if detached is not current:
+                value = dataclasses.replace(value, **{f.name: detached}) if f.init else value
+        return value
+    return value
 
 
 def _node_nodes(value) -> list:
@@ -125,7 +154,8 @@ class Job:
         scene = self.input_nodes[0].GetScene() if self.input_nodes else None
         before = bridge.node_ids(scene) if scene is not None and self._prepare is not None else set()
         try:
-            self._prepared = self._prepare() if self._prepare is not None else None
+            # copies, not views: the worker must not read a buffer the live GUI can change or free
+            self._prepared = detach_arrays(self._prepare()) if self._prepare is not None else None
         except BaseException as exc:  # noqa: BLE001 - reported like any other failure, through the queue
             self.schedule(lambda error=exc: self._finish(None, error))
             return self
