@@ -257,3 +257,33 @@ def test_cancel_stops_between_windows(tmp_path):
         segment(model, [read_image(image)], callback, token)
     assert "inference" in seen and "postprocess" not in seen
     assert 0 < len(calls) < 30  # stopped early: the volume needs 48 windows of 16^3
+
+
+def test_catalog_name_fetches_the_zip_and_loads_it(tmp_path, monkeypatch):
+    """``load_model(NAME)`` for an Auto3DSeg catalog entry: fetched from its URL (here file://) and loaded."""
+    served = make_zip(tmp_path / "server", "lungs-test-v2.0.1.zip")
+    catalog_dir = tmp_path / "catalog"
+    (catalog_dir / "models.d").mkdir(parents=True)
+    (catalog_dir / "models.json").write_text(json.dumps({"default_model": "auto3dseg-lungs-test", "models": [], "samples": []}))
+    entry = {"name": "auto3dseg-lungs-test", "title": "Lungs (test)", "task": "segmentation", "format": "auto3dseg", "modality": "CT",
+             "version": "2.0.1", "license": "CC BY 4.0", "license_flag": None, "source": {"url": served.as_uri()},
+             "inputs": [{"channel": 0, "name": "CT", "modality": "CT"}], "segments": ["Liver", "Left kidney", "Cyst in left kidney"]}
+    (catalog_dir / "models.d" / "auto3dseg.json").write_text(json.dumps({"models": [entry]}))
+    monkeypatch.setenv("MEDAI_CATALOG", str(catalog_dir / "models.json"))
+    model = load_model("auto3dseg-lungs-test", "cpu")
+    assert model.kind == "auto3dseg" and model.name == "auto3dseg-lungs-test" and model.card.title == "Lungs (test)"
+    assert [lab.name for lab in model.labels] == entry["segments"]
+
+
+def test_recognising_a_zip_needs_no_torch(tmp_path):
+    """The panel's Import model... asks the format registry before PyTorch is installed."""
+    import subprocess
+
+    path = make_zip(tmp_path, "abdomen-test-v1.0.0.zip")
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from pathlib import Path; "
+            "from medai.models.formats import format_for; "
+            f"fmt = format_for(Path({str(path)!r})); fmt.check(Path({str(path)!r})); "
+            "assert fmt.name == 'auto3dseg', fmt.name; "
+            "assert [m for m in ('torch', 'monai') if m in sys.modules] == [], sys.modules.keys(); print('OK')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
