@@ -287,3 +287,21 @@ def test_recognising_a_zip_needs_no_torch(tmp_path):
             "assert [m for m in ('torch', 'monai') if m in sys.modules] == [], sys.modules.keys(); print('OK')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
+
+
+def test_script_crop_that_misses_the_body_is_reproduced_with_a_warning(tmp_path, caplog):
+    """The script's crop box comes from the input as stored but crops the reoriented image: said, not silent."""
+    from medai.engine.segment import segment
+    from medai.models.formats.auto3dseg import crop_loss, input_transforms
+    from medai.geometry import to_metatensor
+
+    arr = np.full((20, 40, 60), -1000, np.int16)
+    arr[5:15, 5:15, 5:15] = 100  # body near the first voxels of i and j
+    config = {"normalize_mode": "none", "intensity_bounds": [0, 1], "orientation_ras": True, "crop_foreground": True}
+    for ijk_to_ras, lost in ((np.diag([-1.0, -1.0, 1.0, 1.0]), 1000), (np.eye(4), 0)):  # LPS-stored: box mirrored; RAS: sound
+        data = input_transforms(config, ["image1"], False)({"image1": to_metatensor(Volume(arr, ijk_to_ras))})
+        assert crop_loss(config, data, False) == lost
+    model = load_model(make_zip(tmp_path, "abdomen-test-v1.0.0.zip", roi_size=[16, 16, 16], resample_resolution=None), "cpu")
+    with caplog.at_level("WARNING"):
+        segment(model, [Volume(arr, np.diag([-1.0, -1.0, 1.0, 1.0]), name="offcentre")])
+    assert "leaves 1000 foreground voxels of offcentre outside" in caplog.text

@@ -403,6 +403,25 @@ def _input_dict(volumes: list[Volume], keys: list[str], brats: bool, expected: i
     return dict(zip(keys, aligned))
 
 
+def crop_loss(config: dict, transformed: dict, brats: bool) -> int:
+    """Foreground voxels that the script's crop drops (0 when its crop is sound).
+
+    The script takes the crop box from ``image1`` as stored but crops the reoriented ``image``;
+    for a volume not stored close to RAS the box is mirrored and can miss the body.
+    """
+    if brats or not config.get("orientation_ras", False) or not config.get("crop_foreground", True):
+        return 0
+    import torch
+    from monai.transforms import Orientation
+    from monai.transforms.utils import generate_spatial_bounding_box
+
+    source = transformed["image1"]
+    start, end = generate_spatial_bounding_box(source, margin=CROP_MARGIN, allow_smaller=True)
+    foreground = Orientation(axcodes="RAS")((source > 0).any(0, keepdim=True).to(torch.uint8)).as_tensor()[0].bool()
+    inside = foreground[tuple(slice(max(0, a), b) for a, b in zip(start, end))].sum()
+    return int(foreground.sum() - inside)
+
+
 def segment_auto3dseg(model: LoadedModel, volumes: list[Volume], progress: Progress) -> SegmentationResult:
     """Run an Auto3DSeg model exactly as ``auto3dseg_segresnet_inference.py`` does, on volumes in memory."""
     import numpy as np
@@ -426,7 +445,13 @@ def segment_auto3dseg(model: LoadedModel, volumes: list[Volume], progress: Progr
         keys = [f"image{n + 1}" for n in range(len(volumes))]
         data = _input_dict(volumes, keys, brats, model.card.num_inputs, model.name)
         inf_transform = input_transforms(config, keys, brats)
-        batch = list_data_collate([inf_transform(data)])
+        transformed = inf_transform(data)
+        lost = crop_loss(config, transformed, brats)
+        if lost:
+            log.warning("%s: SlicerMONAIAuto3DSeg's crop (box from the first input as stored, applied after reorienting to RAS) "
+                        "leaves %d foreground voxels of %s outside; MedAI reproduces the extension's result, which may miss "
+                        "structures there. Resampling the volume to RAS axes first avoids this.", model.name, lost, ref.name)
+        batch = list_data_collate([transformed])
         image = batch["image"].as_subclass(torch.Tensor).to(memory_format=torch.channels_last_3d, device=device)
     with progress.stage("inference", 0.7), torch.no_grad():
         roi = list(config["roi_size"])
