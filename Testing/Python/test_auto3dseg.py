@@ -163,6 +163,9 @@ def test_zip_loads_with_labels_and_terminology(tmp_path):
 def test_catalog_folder_holding_the_zip_takes_names_from_the_catalog(tmp_path):
     folder = tmp_path / "auto3dseg-prostate"  # what fetching the catalog entry leaves: the downloaded zip
     make_zip(folder, "prostate-v1.0.1.zip", in_channels=2, classes=3, normalize_mode="meanstd", extra_modalities={"image2": "meanstd"})
+    from medai.models.formats.auto3dseg import input_names
+
+    assert input_names(folder) == input_names(folder / "prostate-v1.0.1.zip") == ["T2", "ADC"]  # before loading
     model = load_model(folder, "cpu")
     assert model.name == "auto3dseg-prostate" and [i["name"] for i in model.card.inputs] == ["T2", "ADC"]
     assert model.card.license == "CC BY-SA 4.0"

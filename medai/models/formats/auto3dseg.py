@@ -240,6 +240,18 @@ def catalog_entry(model_id: str) -> dict | None:
     return None
 
 
+def input_names(path: Path) -> list[str]:
+    """Names of a model's inputs in channel order (e.g. T2F, T1C, T1N, T2W), from the catalog; empty when unknown.
+
+    Torch-free, for input selectors named after the model's inputs before anything is loaded.
+    """
+    path = Path(path)
+    if path.is_dir() and _zip_in(path) is not None:
+        path = _zip_in(path)
+    entry = catalog_entry(path.stem if path.is_file() else path.name)
+    return [str(i.get("name") or f"input {n + 1}") for n, i in enumerate((entry or {}).get("inputs") or [])]
+
+
 # --- the format -----------------------------------------------------------------------------------
 
 
