@@ -187,7 +187,8 @@ def test_catalog_entries_are_complete():
     for m in models:
         assert m.name and m.title and m.task and m.license and m.source_text
         if "pypi" in m.source or "url" in m.source:
-            assert len(m.sha256) == 64
+            # SlicerMONAIAuto3DSeg publishes no checksums: its zips' sha256 is recorded on first download
+            assert len(m.sha256) == 64 or m.name.startswith("auto3dseg-")
         if m.card:
             assert (catalog.catalog_path().parent / m.card).exists()
 
