@@ -174,10 +174,10 @@ def test_progress_text_folders_and_add_model_errors(tmp_path):
     from medai.training import TrainEvent
 
     event = TrainEvent("epoch", 3, 20, 4, 4, 0.41234, "dice", 0.73125, 0.742, 2, 10.0, 90.0)
-    assert panel.train_progress_text(event) == "epoch 3/20, loss 0.4123, dice 0.7312, best dice 0.7420 (epoch 2), 1.5 min left"
-    assert panel.train_progress_text(TrainEvent("train", 1, 2, 1, 4, 0.5, "dice", float("nan"), eta_s=5.0)) == \
+    assert event.text() == "epoch 3/20, loss 0.4123, dice 0.7312, best dice 0.7420 (epoch 2), 1.5 min left"
+    assert TrainEvent("train", 1, 2, 1, 4, 0.5, "dice", float("nan"), eta_s=5.0).text() == \
         "epoch 1/2, loss 0.5000, 5 s left"
-    assert "validating" in panel.train_progress_text(TrainEvent("validate", 2, 5))
+    assert "validating" in TrainEvent("validate", 2, 5).text()
     assert panel.train_networks("classification") == ["densenet121", "resnet"]
     first = panel.default_train_folder("m", tmp_path)
     first.mkdir()

@@ -419,7 +419,7 @@ class TrainJob(Job):
     """One training run: the cases are read from the scene on the main thread, ``trainer.train`` runs on the worker.
 
     Progress is ``(fraction, text)`` with epoch, loss, validation metric and time left
-    (:func:`medai.slicer.panel.train_progress_text`); ``on_event`` also gets each
+    (:meth:`medai.training.TrainEvent.text`); ``on_event`` also gets each
     :class:`medai.training.TrainEvent` on the main thread. On success a training-curves chart and a
     metrics table are added, ``register(model_dir)`` is called (it lists the model in the
     selectors) and ``output`` is a :class:`TrainOutput`. Cancel keeps the best checkpoint on disk
@@ -460,11 +460,10 @@ class TrainJob(Job):
 
     def _train(self, data, progress: ProgressFn, cancel: CancelToken):
         from ..training import train
-        from .panel import train_progress_text
 
         def on_event(event) -> None:
             self.last_event = event
-            progress(event.fraction, train_progress_text(event))
+            progress(event.fraction, event.text())
             if self.on_event is not None:
                 self.schedule(lambda: self.on_event(event) if not self.done else None)
 

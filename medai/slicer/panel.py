@@ -222,31 +222,6 @@ def default_train_folder(name: str, root: str | Path | None = None) -> Path:
     return folder
 
 
-def train_progress_text(event) -> str:
-    """The Train section's status line for a :class:`medai.training.TrainEvent`.
-
-    ``epoch 3/20, loss 0.4120, dice 0.7312 (best 0.7420, epoch 2), 1.5 min left``; the cache,
-    validation and test phases say what is happening instead.
-    """
-    if event.phase == "cache":
-        return "reading and caching the training cases"
-    if event.phase == "validate":
-        return f"epoch {event.epoch}/{event.epochs}: validating"
-    if event.phase == "test":
-        return "testing the best model on the test cases"
-    parts = [f"epoch {event.epoch}/{event.epochs}"]
-    if event.loss is not None:
-        parts.append(f"loss {event.loss:.4f}")
-    metric = event.metric if event.metric is not None and event.metric == event.metric else None  # NaN: not validated
-    if metric is not None:
-        parts.append(f"{event.metric_name} {metric:.4f}")
-    if event.best_metric is not None:
-        parts.append(f"best {event.metric_name} {event.best_metric:.4f} (epoch {event.best_epoch})")
-    if event.eta_s is not None and event.phase != "done":
-        parts.append(f"{event.eta_s / 60:.1f} min left" if event.eta_s >= 60 else f"{event.eta_s:.0f} s left")
-    return ", ".join(parts)
-
-
 def format_elapsed(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}:{secs:02d}"

@@ -104,12 +104,25 @@ class TrainEvent:
         return min(1.0, (self.epoch - 1 + within) / max(self.epochs, 1))
 
     def text(self) -> str:
+        """The status line of the CLI's progress bar and the Train sections.
+
+        ``epoch 3/20, loss 0.4120, dice 0.7312, best dice 0.7420 (epoch 2), 1.5 min left``; the cache,
+        validation and test phases say what is happening instead.
+        """
+        if self.phase == "cache":
+            return "reading and caching the training cases"
+        if self.phase == "validate":
+            return f"epoch {self.epoch}/{self.epochs}: validating"
+        if self.phase == "test":
+            return "testing the best model on the test cases"
         parts = [f"epoch {self.epoch}/{self.epochs}"]
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
+        if self.metric is not None and self.metric == self.metric:  # NaN: not validated this epoch
+            parts.append(f"{self.metric_name} {self.metric:.4f}")
         if self.best_metric is not None:
             parts.append(f"best {self.metric_name} {self.best_metric:.4f} (epoch {self.best_epoch})")
-        if self.eta_s is not None:
+        if self.eta_s is not None and self.phase != "done":
             parts.append(f"{self.eta_s / 60:.1f} min left" if self.eta_s >= 60 else f"{self.eta_s:.0f} s left")
         return ", ".join(parts)
 
