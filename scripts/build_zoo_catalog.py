@@ -131,7 +131,7 @@ def entry(repo: str, commit: str, name: str, info: dict) -> dict:
         "license": lic,
         "license_flag": flag,
         "source": {"zoo": name, "version": version, "sha1": published.get("checksum", ""),
-                   "url": published.get("source", "")},
+                   "published_zip": published.get("source", "")},
         "large_files": files,
         "inputs": inputs,
         "input_note": meta.get("image_classes", ""),
