@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,24 @@ def parse_network_def(parser: Any, key: str = "network_def") -> torch.nn.Module:
         return parser.get_parsed_content(key, lazy=False)
 
 
+_HARD_CUDA = re.compile(r"""torch\.device\(\s*(['"])cuda(?::\d+)?\1\s*\)""")
+
+
+def pin_device(config: Any, device: str) -> Any:
+    """Replace hard-coded ``torch.device('cuda')`` in ``$`` expressions (e.g. pancreas DiNTS) by ``device``.
+
+    The usual ``torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')`` is left alone;
+    ``@device`` is set to the user's device anyway.
+    """
+    if isinstance(config, dict):
+        return {k: pin_device(v, device) for k, v in config.items()}
+    if isinstance(config, list):
+        return [pin_device(v, device) for v in config]
+    if isinstance(config, str) and config.startswith("$"):
+        return _HARD_CUDA.sub(f"torch.device('{device}')", config)
+    return config
+
+
 def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     from monai.bundle import ConfigParser
 
@@ -116,6 +135,7 @@ def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     parser = ConfigParser()
     parser.read_meta(str(meta_path))
     parser.read_config(str(infer_path))
+    parser[""] = pin_device(parser[""], str(device))  # hard-coded CUDA runs on the device the user picked
     parser["bundle_root"] = str(folder)
     parser["device"] = f"$torch.device('{device}')"
     meta = json.loads(meta_path.read_text())
