@@ -218,3 +218,41 @@ def test_pinned_device_replaces_hard_coded_cuda():
     assert pinned["arch_ckpt"] == "$torch.load(@p, map_location=torch.device('cpu'))"
     assert pinned["dints_space"]["device"] == "$torch.device('cpu')"
     assert pinned["device"] == config["device"]
+
+
+# --- the panel's model list (torch-free core of MedAILib's selector) --------------------------------
+
+
+def test_panel_groups_models_by_modality_and_task_and_searches():
+    from medai.slicer import panel
+
+    groups = {g.title: [c.spec for c in g.choices] for g in panel.model_groups("segmentation")}
+    assert "spleen_ct_segmentation" in groups["CT - segmentation"]
+    assert "brats_mri_segmentation" in groups["MR - segmentation"] and "deepbet-brain" in groups["MR - segmentation"]
+    found = [c.spec for g in panel.model_groups("segmentation", "kidney cortex") for c in g.choices]
+    assert found == ["renalStructures_UNEST_segmentation"]  # matched by its label names
+    assert panel.model_groups("segmentation", "no-such-organ-xyz") == []
+    assert panel.model_inputs("brats_mri_segmentation") == ["T1c", "T1", "T2", "FLAIR"]
+    tip = next(c.tooltip for c in panel.model_choices() if c.spec == "multi_organ_segmentation")
+    assert "NON-COMMERCIAL" in tip and "Version: 0.0.4" in tip and "not downloaded" in tip
+
+
+def test_panel_download_shows_progress_can_be_cancelled_and_resumes(model_zoo, zoo_env, monkeypatch):
+    from medai.models import catalog as cat
+    from medai.slicer import panel
+
+    catalog, mirror = zoo_env
+    name = "spleen_ct_segmentation"
+    zpath = publish(model_zoo, catalog, mirror, name)
+    with FileServer() as server:
+        server.add(f"/zoo/{zpath.name}", zpath)
+        server.cut_once.add(f"/zoo/{zpath.name}")  # the first transfer breaks off half-way
+        monkeypatch.setenv("MEDAI_MODEL_MIRROR", server.url + "/zoo")
+        job = panel.ModelDownload(name)
+        job.cancel()
+        assert job.wait(30) and "cancelled" in job.error and not cat.is_cached(cat.find_model(name))
+        job = panel.ModelDownload(name)
+        assert job.wait(60) and job.error is None, job.error
+        assert job.fraction == 1.0 and job.path.name == zpath.name and "downloaded" in job.text
+        assert any(r and r.startswith("bytes=") for p, r in server.requests)  # resumed after the cut
+    assert panel.cached_text(cat.find_model(name)).startswith("cached (")
