@@ -105,3 +105,26 @@ def test_url_sources_come_from_an_http_mirror(server, tmp_path, monkeypatch):
 def test_an_unreachable_source_names_the_file_and_the_mirror_setting(tmp_path):
     with pytest.raises(FetchError, match="MEDAI_MODEL_MIRROR"):
         fetch_file(["http://127.0.0.1:9/x.zip"], tmp_path / "x.zip", "model x")
+
+
+def test_zoo_bundle_from_monaihosting_then_hugging_face_when_the_zips_are_missing(server, tmp_path, monkeypatch):
+    """The real URL layouts of monai.bundle.download, served locally (the hosts are pointed at the test server)."""
+    import medai.fetch_zoo as zoo
+
+    monkeypatch.setattr(zoo, "MONAI_HOSTING_BASE_URL", server.url + "/monaihosting")
+    monkeypatch.setattr(zoo, "GITHUB_RELEASE_BASE_URL", server.url + "/gh")
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    server.add("/monaihosting/my_bundle/versions/0.1.0/files/My_Bundle_v0.1.0.zip", DATA)
+    got = zoo.fetch_zoo_bundle({"zoo": "My_Bundle", "version": "0.1.0", "sha1": hashlib.sha1(DATA).hexdigest()}, tmp_path / "a", "m")
+    assert got.name == "My_Bundle_v0.1.0.zip" and got.read_bytes() == DATA
+    files = {"configs/metadata.json": b"{}", "models/model.pt": DATA[:1000]}
+    server.add("/api/models/MONAI/hf_bundle/revision/0.2.0", json.dumps({"siblings": [{"rfilename": f} for f in files]}).encode())
+    for rel, data in files.items():
+        server.add(f"/MONAI/hf_bundle/resolve/0.2.0/{rel}", data)
+    folder = zoo.fetch_zoo_bundle({"zoo": "hf_bundle", "version": "0.2.0", "sha1": "0" * 40}, tmp_path / "b", "m")
+    assert server.hits("/gh/hf_bundle_v0.2.0.zip") == 1  # the GitHub release was asked before Hugging Face
+    assert (folder / "models" / "model.pt").read_bytes() == DATA[:1000] and recorded_sha256(folder / "models" / "model.pt")
+    assert zoo.fetch_zoo_bundle({"zoo": "hf_bundle", "version": "0.2.0"}, tmp_path / "b", "m") == folder  # cached
+    (folder / "models" / "model.pt").write_bytes(b"changed")
+    with pytest.raises(FetchError, match="changed since"):
+        zoo.fetch_zoo_bundle({"zoo": "hf_bundle", "version": "0.2.0"}, tmp_path / "b", "m")

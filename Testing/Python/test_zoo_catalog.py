@@ -256,3 +256,27 @@ def test_panel_download_shows_progress_can_be_cancelled_and_resumes(model_zoo, z
         assert job.fraction == 1.0 and job.path.name == zpath.name and "downloaded" in job.text
         assert any(r and r.startswith("bytes=") for p, r in server.requests)  # resumed after the cut
     assert panel.cached_text(cat.find_model(name)).startswith("cached (")
+
+
+def test_bundles_import_their_own_scripts_package(model_zoo, tmp_path):
+    """UNesT bundles build their network from the bundle's own ``scripts/``; two bundles' ``scripts`` must not mix."""
+    import torch
+
+    from medai.models.loader import load_model
+
+    models = []
+    for n, channels in ((1, 2), (2, 3)):
+        folder = tmp_path / f"bundle{n}"
+        shutil.copytree(model_zoo / "spleen_ct_segmentation", folder)
+        (folder / "scripts").mkdir()
+        (folder / "scripts" / "__init__.py").write_text("")
+        (folder / "scripts" / "net.py").write_text(
+            f"import torch\n\nclass Tiny(torch.nn.Conv3d):\n    def __init__(self):\n        super().__init__(1, {channels}, 1)\n")
+        cfg = json.loads((folder / "configs" / "inference.json").read_text())
+        cfg["network_def"] = {"_target_": "scripts.net.Tiny"}
+        (folder / "configs" / "inference.json").write_text(json.dumps(cfg))
+        (folder / "models").mkdir()
+        torch.save(torch.nn.Conv3d(1, channels, 1).state_dict(), folder / "models" / "model.pt")
+        models.append(load_model(folder, "cpu"))
+    assert [m.networks[0].out_channels for m in models] == [2, 3]
+    assert str(tmp_path / "bundle1") not in sys.path

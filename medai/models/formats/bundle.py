@@ -7,9 +7,11 @@ the config before parsing, so no file I/O transform is ever instantiated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,7 +125,28 @@ def pin_device(config: Any, device: str) -> Any:
     return config
 
 
+@contextlib.contextmanager
+def bundle_scripts_importable(folder: Path):
+    """Let a bundle's config import its own ``scripts`` package (UNesT networks, custom transforms), as
+    ``monai.bundle`` does by putting the bundle root on ``sys.path``; another bundle's ``scripts`` is forgotten first."""
+    if not (folder / "scripts").is_dir():
+        yield
+        return
+    for mod in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[mod]
+    sys.path.insert(1, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+
+
 def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
+    with bundle_scripts_importable(folder):
+        return _load_bundle(folder, device)
+
+
+def _load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     from monai.bundle import ConfigParser
 
     from ..loader import BundleParts, LoadedModel, load_state_dict, load_torchscript
