@@ -280,3 +280,21 @@ def test_bundles_import_their_own_scripts_package(model_zoo, tmp_path):
         models.append(load_model(folder, "cpu"))
     assert [m.networks[0].out_channels for m in models] == [2, 3]
     assert str(tmp_path / "bundle1") not in sys.path
+
+
+def test_bundle_weights_named_by_its_checkpoint_loader(model_zoo, tmp_path):
+    """pediatric_abdominal_ct_segmentation keeps its weights in models/dynunet_FT.pt, named by a CheckpointLoader handler."""
+    from medai.models.loader import load_model
+    from test_model_zoo import bundle_with_fresh_weights
+
+    folder = bundle_with_fresh_weights(model_zoo / "spleen_ct_segmentation", tmp_path / "spleen")
+    (folder / "models" / "model.pt").rename(folder / "models" / "dynunet_FT.pt")
+    cfg = json.loads((folder / "configs" / "inference.json").read_text())
+    cfg["handlers"] = [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/dynunet_FT.pt'",
+                        "load_dict": {"model": "@network"}}]
+    (folder / "configs" / "inference.json").write_text(json.dumps(cfg))
+    model = load_model(folder, "cpu")
+    import torch
+
+    saved = torch.load(folder / "models" / "dynunet_FT.pt", weights_only=True)
+    assert all(torch.equal(v, saved[k]) for k, v in model.networks[0].state_dict().items())

@@ -125,6 +125,20 @@ def pin_device(config: Any, device: str) -> Any:
     return config
 
 
+def checkpoint_path(parser: Any, folder: Path) -> Path:
+    """``models/model.pt``, or the file a ``CheckpointLoader`` handler of the config loads (pediatric: ``models/dynunet_FT.pt``)."""
+    default = folder / "models" / "model.pt"
+    handlers = parser.get("handlers") if "handlers" in parser else None
+    if default.exists() or not isinstance(handlers, list):
+        return default
+    for handler in handlers:
+        if isinstance(handler, dict) and str(handler.get("_target_", "")).endswith("CheckpointLoader"):
+            found = re.search(r"""['"]/?(models/[^'"]+\.pth?)['"]""", str(handler.get("load_path", "")))
+            if found and (folder / found.group(1)).exists():
+                return folder / found.group(1)
+    return default
+
+
 @contextlib.contextmanager
 def bundle_scripts_importable(folder: Path):
     """Let a bundle's config import its own ``scripts`` package (UNesT networks, custom transforms), as
@@ -170,7 +184,7 @@ def _load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     if "postprocessing" in parser:
         _strip(parser, "postprocessing", ("SaveImaged", "SaveImage", "SaveClassificationd", "SaveClassification"))
     try:
-        ts_path, pt_path = folder / "models" / "model.ts", folder / "models" / "model.pt"
+        ts_path, pt_path = folder / "models" / "model.ts", checkpoint_path(parser, folder)
         if pt_path.exists():
             net_def = parser.get("network_def")
             if isinstance(net_def, dict) and net_def.get("pretrained"):
