@@ -282,7 +282,7 @@ def test_bundles_import_their_own_scripts_package(model_zoo, tmp_path):
     assert str(tmp_path / "bundle1") not in sys.path
 
 
-def test_bundle_weights_named_by_its_checkpoint_loader(model_zoo, tmp_path):
+def test_bundle_weights_and_labels_named_by_its_inference_config(model_zoo, tmp_path):
     """pediatric_abdominal_ct_segmentation keeps its weights in models/dynunet_FT.pt, named by a CheckpointLoader handler."""
     from medai.models.loader import load_model
     from test_model_zoo import bundle_with_fresh_weights
@@ -292,8 +292,13 @@ def test_bundle_weights_named_by_its_checkpoint_loader(model_zoo, tmp_path):
     cfg = json.loads((folder / "configs" / "inference.json").read_text())
     cfg["handlers"] = [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/dynunet_FT.pt'",
                         "load_dict": {"model": "@network"}}]
+    cfg["labels"] = {"background": 0, "liver": 1}  # pediatric names its labels here; its metadata has no channel_def
     (folder / "configs" / "inference.json").write_text(json.dumps(cfg))
+    meta = json.loads((folder / "configs" / "metadata.json").read_text())
+    meta["network_data_format"]["outputs"]["pred"].pop("channel_def")
+    (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
     model = load_model(folder, "cpu")
+    assert [(lab.value, lab.name) for lab in model.labels] == [(1, "liver")]
     import torch
 
     saved = torch.load(folder / "models" / "dynunet_FT.pt", weights_only=True)

@@ -86,6 +86,14 @@ def bundle_labels(meta: dict) -> list[Label]:
     return parse_labels(raw, "bundle metadata")
 
 
+def config_labels(parser: Any) -> list[Label]:
+    """Labels from an inference config's ``labels: {name: value}`` (pediatric: metadata has no channel_def)."""
+    raw = parser.get("labels") if "labels" in parser else None
+    if not isinstance(raw, dict) or not all(isinstance(v, int) for v in raw.values()):
+        return []
+    return parse_labels({str(v): str(k) for k, v in raw.items() if v > 0}, "bundle inference config")
+
+
 # Network arguments that newer MONAI versions removed; bundles published earlier still pass them.
 REMOVED_NETWORK_ARGS = ("img_size",)
 
@@ -217,7 +225,7 @@ def _load_bundle(folder: Path, device: torch.device) -> LoadedModel:
         name=meta.get("name") or folder.name,
         task=_bundle_task(meta),
         stages=[],
-        labels=bundle_labels(meta),
+        labels=bundle_labels(meta) or config_labels(parser),
         inputs=[{"name": str(n), "modality": image_in.get("modality", "")} for n in (image_in.get("channel_def") or {str(i): f"channel {i}" for i in range(channels)}).values()],
         root=folder,
         title=meta.get("name", folder.name),
