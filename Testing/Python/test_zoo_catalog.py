@@ -248,8 +248,9 @@ def test_panel_download_shows_progress_can_be_cancelled_and_resumes(model_zoo, z
         server.add(f"/zoo/{zpath.name}", zpath)
         server.cut_once.add(f"/zoo/{zpath.name}")  # the first transfer breaks off half-way
         monkeypatch.setenv("MEDAI_MODEL_MIRROR", server.url + "/zoo")
-        job = panel.ModelDownload(name)
-        job.cancel()
+        job = panel.ModelDownload(name, start=False)
+        job.cancel()  # as the dialog's Cancel does (here before the first block, so that the test is deterministic)
+        job.start()
         assert job.wait(30) and "cancelled" in job.error and not cat.is_cached(cat.find_model(name))
         job = panel.ModelDownload(name)
         assert job.wait(60) and job.error is None, job.error

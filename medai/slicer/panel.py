@@ -121,7 +121,7 @@ class ModelDownload:
     file is kept, so the next download resumes it).
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, start: bool = True) -> None:
         import threading
 
         from ..fetch import CancelToken
@@ -136,6 +136,11 @@ class ModelDownload:
         self.path: Path | None = None
         self._token = CancelToken()
         self._thread = threading.Thread(target=self._run, name=f"medai-download-{name}", daemon=True)
+        if start:
+            self._thread.start()
+
+    def start(self) -> None:
+        """Start a download created with ``start=False``."""
         self._thread.start()
 
     def _run(self) -> None:
