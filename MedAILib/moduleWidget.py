@@ -97,7 +97,8 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.run = RunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel, self.ui.elapsedLabel)
         # ModelSelector reports its first model while it is being built, before self.models is assigned, and
         # onModelChanged -> _checkCanApply reads self.models and self.run: connect it once both exist, then call it
-        self.models = ModelSelector(self.ui.modelComboBox, self.ui.importModelButton, self.MODEL_TASK)
+        self.models = ModelSelector(self.ui.modelComboBox, self.ui.importModelButton, self.MODEL_TASK,
+                                    searchBox=self.ui.modelSearchBox)
         self.models.onChanged = self.onModelChanged
         self.onModelChanged(self.models.currentSpec())
         self.devices = DeviceSelector(self.ui.deviceComboBox)

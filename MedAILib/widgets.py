@@ -18,6 +18,17 @@ import slicer
 from medai.slicer import panel
 
 IMPORTED_KEY = "MedAI/ImportedModels"
+MIRROR_KEY = "MedAI/ModelMirror"  # a base URL or folder every model download goes to (as $MEDAI_MODEL_MIRROR)
+
+
+def applyModelMirrorSetting() -> str:
+    """Make the ``MedAI/ModelMirror`` application setting the mirror of this session's downloads."""
+    import os
+
+    value = str(qt.QSettings().value(MIRROR_KEY) or "").strip()
+    if value:
+        os.environ["MEDAI_MODEL_MIRROR"] = value
+    return value
 
 
 class QueuePump:
@@ -64,18 +75,27 @@ def runJob(pump: QueuePump, start: Callable, waitForCompletion: bool, completedC
 
 
 class ModelSelector:
-    """A combo box of catalog models plus imported ones, and an "Import model..." tool button."""
+    """A combo box of catalog models (grouped by modality and task, filtered by a search box) plus imported
+    ones, and an "Import model..." tool button that also downloads the selected model and sets the mirror."""
 
     def __init__(self, comboBox, importButton, task: str = "segmentation",
-                 onChanged: Callable[[str], None] | None = None) -> None:
+                 onChanged: Callable[[str], None] | None = None, searchBox=None) -> None:
         self.comboBox, self.importButton, self.task, self.onChanged = comboBox, importButton, task, onChanged
-        self.choices: list[panel.ModelChoice] = []
+        self.searchBox = searchBox
+        self.choices: list[panel.ModelChoice] = []  # the listed models, in list order
+        self.rows: list[panel.ModelChoice | None] = []  # one per combo row; None: a group header
+        applyModelMirrorSetting()
         menu = qt.QMenu(importButton)
         menu.addAction("MONAI Bundle folder...", self.importFolder)
         menu.addAction("Bundle .zip, model card .json or TorchScript file...", self.importFile)
+        menu.addSeparator()
+        menu.addAction("Download the selected model now...", self.downloadSelected)
+        menu.addAction("Model mirror (offline / proxy)...", self.setMirror)
         importButton.setMenu(menu)
         importButton.popupMode = qt.QToolButton.InstantPopup
         comboBox.connect("currentIndexChanged(int)", self._changed)
+        if searchBox is not None:
+            searchBox.connect("textChanged(QString)", lambda _text: self.refresh())
         self.refresh()
 
     @staticmethod
@@ -85,27 +105,65 @@ class ModelSelector:
 
     def refresh(self, select: str | None = None) -> None:
         current = select or self.currentSpec()
-        self.choices = panel.model_choices(self.task, self.imported())
+        search = self.searchBox.text if self.searchBox is not None else ""
         blocked = self.comboBox.blockSignals(True)
         self.comboBox.clear()
-        for n, choice in enumerate(self.choices):
-            self.comboBox.addItem(choice.title, choice.spec)
-            self.comboBox.setItemData(n, choice.tooltip, qt.Qt.ToolTipRole)
+        self.rows = []
+        for group in panel.model_groups(self.task, search, self.imported()):
+            self.comboBox.addItem(f"— {group.title} —", "")
+            self.comboBox.model().item(len(self.rows)).setEnabled(False)  # a header, not selectable
+            self.rows.append(None)
+            for choice in group.choices:
+                self.comboBox.addItem("    " + choice.title, choice.spec)
+                self.comboBox.setItemData(len(self.rows), choice.tooltip, qt.Qt.ToolTipRole)
+                self.rows.append(choice)
+        self.choices = [c for c in self.rows if c is not None]
         self.comboBox.blockSignals(blocked)
         self.setCurrentSpec(current)
 
     def currentChoice(self) -> panel.ModelChoice | None:
         index = self.comboBox.currentIndex
-        return self.choices[index] if 0 <= index < len(self.choices) else None
+        return self.rows[index] if 0 <= index < len(self.rows) else None
 
     def currentSpec(self) -> str:
         choice = self.currentChoice()
         return choice.spec if choice else ""
 
     def setCurrentSpec(self, spec: str | None) -> None:
-        index = next((n for n, c in enumerate(self.choices) if c.spec == spec), 0 if self.choices else -1)
+        index = next((n for n, c in enumerate(self.rows) if c is not None and c.spec == spec),
+                     next((n for n, c in enumerate(self.rows) if c is not None), -1))
         self.comboBox.currentIndex = index
         self._changed(index)
+
+    def downloadSelected(self) -> None:
+        """Download the selected catalog model with a progress dialog whose Cancel stops it (resumable later)."""
+        spec = self.currentSpec()
+        with slicer.util.tryWithErrorDisplay("Cannot download this model."):
+            job = panel.ModelDownload(spec)
+            dialog = qt.QProgressDialog(job.text, "Cancel", 0, 100, slicer.util.mainWindow())
+            dialog.setWindowModality(qt.Qt.WindowModal)
+            dialog.connect("canceled()", job.cancel)
+            while not job.done:
+                dialog.setValue(int(job.fraction * 100))
+                dialog.setLabelText(job.text)
+                slicer.app.processEvents()
+                job.wait(0.1)
+            dialog.close()
+            if job.error:
+                raise RuntimeError(job.error)
+            self.refresh(select=spec)
+
+    def setMirror(self) -> None:
+        current = str(qt.QSettings().value(MIRROR_KEY) or "")
+        text = qt.QInputDialog.getText(None, "Model mirror", "Base URL or folder holding the model files "
+                                       "(<name>_v<version>.zip for zoo bundles); empty: the public sources", qt.QLineEdit.Normal, current)
+        if text is None:
+            return
+        qt.QSettings().setValue(MIRROR_KEY, text.strip())
+        import os
+
+        os.environ.pop("MEDAI_MODEL_MIRROR", None) if not text.strip() else applyModelMirrorSetting()
+        self.refresh()
 
     def _changed(self, index: int) -> None:
         if self.onChanged is not None:

@@ -1,4 +1,4 @@
-"""The ``medai`` command line: ``medai segment|classify|models|demo|train|evaluate ...`` (see ``medai --help``).
+"""The ``medai`` command line: ``medai segment|classify|models|fetch|demo|train|evaluate ...`` (see ``medai --help``).
 
 Each sub-command lives in ``medai/commands/<name>.py`` with ``register(subparsers)``; its
 handler returns an exit code. Errors are printed as one clear line with a non-zero exit.
@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ["segment", "classify", "models", "demo", "train", "evaluate"]
+COMMANDS = ["segment", "classify", "models", "fetch", "demo", "train", "evaluate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

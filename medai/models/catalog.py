@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..fetch import cache_dir, fetch_source
+from ..fetch import Cancel, cache_dir, fetch_source
 
 
 def resources_dir() -> Path:
@@ -45,6 +46,18 @@ class CatalogEntry:
     sample: str | None
     image: str | None = None  # samples only: the image file among the fetched members
     base: str | None = None  # folder that a relative ``source.path`` starts from (models.d entries)
+    version: str = ""
+    raw: dict | None = None  # the whole catalog entry (inputs, labels, license_flag, runtime, ...)
+
+    @property
+    def license_flag(self) -> str | None:
+        """"non-commercial" or "data-use agreement" where the weights or their training data restrict use."""
+        return (self.raw or {}).get("license_flag")
+
+    @property
+    def inputs(self) -> list[dict]:
+        """The model's inputs in channel order ({"channel", "name", "modality"}), when the catalog lists them."""
+        return list((self.raw or {}).get("inputs") or [])
 
     @property
     def sha256(self) -> str:
@@ -52,6 +65,8 @@ class CatalogEntry:
 
     @property
     def source_text(self) -> str:
+        if "zoo" in self.source:
+            return f"zoo:{self.source['zoo']}@{self.source.get('version', '')}"
         return self.source.get("url") or (f"pypi:{self.source['pypi']}" if "pypi" in self.source else self.source.get("path", ""))
 
 
@@ -73,7 +88,8 @@ def _entry(raw: dict) -> CatalogEntry:
         name=raw["name"], title=raw.get("title", raw["name"]), description=raw.get("description", ""),
         task=raw.get("task", "segmentation"), modality=raw.get("modality", ""), license=raw.get("license", ""),
         source=raw.get("source", {}), card=raw.get("card"), sample=raw.get("sample"), image=raw.get("image"),
-        base=raw.get("_base"),
+        base=raw.get("_base"), version=str(raw.get("version") or raw.get("source", {}).get("version") or ""),
+        raw={k: v for k, v in raw.items() if k != "_base"},
     )
 
 
@@ -101,11 +117,12 @@ def model_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
-def fetch_model(entry: CatalogEntry, progress: Callable[[float], None] | None = None) -> Path:
+def fetch_model(entry: CatalogEntry, progress: Callable[[float], None] | None = None, cancel: Cancel | None = None) -> Path:
     """Fetch a catalog model's files into the cache; returns its folder (with the card copied in).
 
     A ``{"path": ...}`` source is a local model folder (or card) used where it is; a relative
-    path starts from the catalog file's folder (``models.d`` for extension entries).
+    path starts from the catalog file's folder (``models.d`` for extension entries). A model-zoo
+    source returns the cached bundle zip (or folder).
     """
     if "path" in entry.source:
         local = Path(os.path.expanduser(entry.source["path"]))
@@ -114,13 +131,59 @@ def fetch_model(entry: CatalogEntry, progress: Callable[[float], None] | None = 
         fetch_source({**entry.source, "path": str(local)}, model_dir(entry.name), f"model {entry.name}", progress)
         return local.resolve()
     folder = model_dir(entry.name)
-    fetch_source(entry.source, folder, f"model {entry.name}", progress)
+    files = fetch_source(entry.source, folder, f"model {entry.name}", progress, cancel)
+    if "zoo" in entry.source:
+        return next(iter(files.values()))
     if entry.card:
         card_text = (catalog_path().parent / entry.card).read_text()
         target = folder / "medai.json"
         if not target.exists() or target.read_text() != card_text:  # rewriting would look like a changed model
             target.write_text(card_text)
     return folder
+
+
+def _version_key(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.\-]", version))
+
+
+def cached_versions(entry: CatalogEntry) -> list[str]:
+    """Versions of a model-zoo bundle in the cache, oldest first."""
+    if "zoo" not in entry.source:
+        return []
+    name = entry.source["zoo"]
+    found = set()
+    for p in model_dir(entry.name).glob(f"{name}_v*"):
+        if p.suffix == ".zip" or (p / ".complete").exists():
+            found.add(p.name.removeprefix(f"{name}_v").removesuffix(".zip"))
+    return sorted(found, key=_version_key)
+
+
+def is_cached(entry: CatalogEntry) -> bool:
+    """True when the catalog's version of the model is already on this computer."""
+    if "path" in entry.source:
+        path = Path(os.path.expanduser(entry.source["path"]))
+        return (path if path.is_absolute() else Path(entry.base or catalog_path().parent) / path).exists()
+    if "zoo" in entry.source:
+        return entry.version in cached_versions(entry)
+    folder = model_dir(entry.name)
+    if "url" in entry.source:
+        from ..fetch import url_file_name
+
+        return (folder / (entry.source.get("file") or url_file_name(entry.source["url"]))).exists()
+    if "pypi" in entry.source:
+        return all((folder / n).exists() for n in entry.source.get("members", {}))
+    return False
+
+
+def update_note(entry: CatalogEntry) -> str | None:
+    """A note when the catalog lists a newer version than the newest one in the cache."""
+    versions = cached_versions(entry)
+    if not versions or not entry.version or entry.version in versions:
+        return None
+    newest = versions[-1]
+    if _version_key(newest) >= _version_key(entry.version):
+        return None
+    return f"{entry.name}: the catalog lists version {entry.version}, the cache holds {newest}; run `medai fetch {entry.name}` to update"
 
 
 def fetch_sample(name: str) -> dict[str, Path]:

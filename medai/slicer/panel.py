@@ -39,13 +39,136 @@ def model_choices(task: str = "segmentation", imported: list[str] | None = None)
     """Catalog models for ``task`` (segmentation includes multilabel segmentation; classification includes
     multi-label classification and regression), then the user's imported models."""
     tasks = {"segmentation": ("segmentation", "multilabel"), "classification": CLASSIFY_TASKS}.get(task, (task,))
-    choices = [ModelChoice(e.title, e.name, f"{e.description}\nModality: {e.modality}\nLicence: {e.license}", e.sample)
-               for e in catalog.list_models() if e.task in tasks]
+    choices = [ModelChoice(e.title, e.name, _tooltip(e), e.sample) for e in catalog.list_models() if e.task in tasks]
     for path in imported or []:
         if _model_task(str(path)) in (None, *tasks):  # a trained model is listed by the panel of its task only
             kind = "trained" if _is_trained(str(path)) else "imported"
             choices.append(ModelChoice(f"{Path(path).name} ({kind})", str(path), str(path)))
     return choices
+
+
+def _tooltip(e: catalog.CatalogEntry) -> str:
+    lines = [e.description, f"Modality: {e.modality}", f"Licence: {licence_text(e)}"]
+    if e.version:
+        lines.append(f"Version: {e.version}")
+    runtime = (e.raw or {}).get("runtime") or {}
+    if runtime:
+        lines.append(f"Run time: GPU {runtime.get('gpu', 'not measured')}; CPU {runtime.get('cpu', 'not measured')}")
+    lines.append(cached_text(e))
+    return "\n".join(lines)
+
+
+def licence_text(e: catalog.CatalogEntry) -> str:
+    """The licence, led by a visible flag where the weights or their data are non-commercial or need a data-use agreement."""
+    return f"⚠ {e.license_flag.upper()}: {e.license}" if e.license_flag else e.license
+
+
+def cached_text(e: catalog.CatalogEntry) -> str:
+    """``cached (123.4 MB)`` or ``not downloaded`` (the zoo publishes no sizes, so none is guessed before download)."""
+    if not catalog.is_cached(e):
+        return "not downloaded (downloads on first use, or with Download)"
+    folder = catalog.model_dir(e.name)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".partial")) if folder.exists() else 0
+    note = catalog.update_note(e)
+    return (f"cached ({size / 1e6:.1f} MB)" if size else "cached") + (f"; {note}" if note else "")
+
+
+@dataclass
+class ModelGroup:
+    """One group of the model list: models of one modality and task."""
+
+    title: str
+    choices: list[ModelChoice]
+
+
+def model_groups(task: str = "segmentation", search: str = "", imported: list[str] | None = None) -> list[ModelGroup]:
+    """The model list grouped by modality and task (``CT - segmentation``), filtered by a search text.
+
+    The search matches every word (case-insensitive) against the name, title, description,
+    modality, body part and label names; imported models form the last group.
+    """
+    words = search.lower().split()
+    entries = {e.name: e for e in catalog.list_models()}
+    groups: dict[str, list[ModelChoice]] = {}
+    for choice in model_choices(task, imported):
+        entry = entries.get(choice.spec)
+        if entry is not None:
+            raw = entry.raw or {}
+            labels = raw.get("labels") or {}
+            text = " ".join([entry.name, entry.title, entry.description, entry.modality, str(raw.get("body_part", "")),
+                             " ".join(str(v) for v in (labels.values() if isinstance(labels, dict) else labels))]).lower()
+            key = f"{_modality_group(entry.modality)} - {entry.task}"
+        else:
+            text, key = choice.spec.lower(), "Imported and trained models"
+        if all(w in text for w in words):
+            groups.setdefault(key, []).append(choice)
+    imported_key = "Imported and trained models"
+    order = sorted((k for k in groups if k != imported_key)) + ([imported_key] if imported_key in groups else [])
+    return [ModelGroup(k, sorted(groups[k], key=lambda c: c.title.lower()) if k != imported_key else groups[k]) for k in order]
+
+
+def _modality_group(modality: str) -> str:
+    """``MR (T1-weighted)`` and ``MRI`` group under ``MR``; ``CT`` under ``CT``; others as given."""
+    head = (modality or "other").split("(")[0].split()[0] if modality else "other"
+    return {"MRI": "MR"}.get(head.upper(), head.upper() if head.upper() in ("CT", "MR", "PET") else head)
+
+
+class ModelDownload:
+    """A catalog model downloading in a background thread; the widget polls it (no Qt here).
+
+    ``fraction`` and ``text`` for the progress bar, ``done`` when finished, ``error`` when it
+    failed or was cancelled, ``path`` when it succeeded; :meth:`cancel` stops it (the partial
+    file is kept, so the next download resumes it).
+    """
+
+    def __init__(self, name: str, start: bool = True) -> None:
+        import threading
+
+        from ..fetch import CancelToken
+
+        entry = catalog.find_model(name)
+        if entry is None:
+            raise KeyError(f"model {name!r} is not in the catalog")
+        self.entry = entry
+        self.fraction = 0.0
+        self.done = False
+        self.error: str | None = None
+        self.path: Path | None = None
+        self._token = CancelToken()
+        self._thread = threading.Thread(target=self._run, name=f"medai-download-{name}", daemon=True)
+        if start:
+            self._thread.start()
+
+    def start(self) -> None:
+        """Start a download created with ``start=False``."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.path = catalog.fetch_model(self.entry, self._progress, self._token)
+            self.fraction = 1.0
+        except Exception as exc:  # shown in the panel's status line
+            self.error = str(exc)
+        finally:
+            self.done = True
+
+    def _progress(self, fraction: float) -> None:
+        self.fraction = max(0.0, min(1.0, fraction))
+
+    @property
+    def text(self) -> str:
+        if self.error:
+            return f"{self.entry.name}: {self.error}"
+        if self.done:
+            return f"{self.entry.name} {self.entry.version}: downloaded"
+        return f"downloading {self.entry.name} {self.entry.version}: {self.fraction * 100:.0f}%"
+
+    def cancel(self) -> None:
+        self._token.cancel()
+
+    def wait(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return self.done
 
 
 def add_model(imported: list[str], spec: str | Path) -> list[str]:
@@ -100,7 +223,10 @@ def _card_path(spec: str) -> Path | None:
 
 
 def model_inputs(spec: str) -> list[str]:
-    """Names of the model's inputs (one volume selector each), read from its card or bundle metadata."""
+    """Names of the model's inputs (one volume selector each), from the catalog, its card or bundle metadata."""
+    entry = catalog.find_model(spec)
+    if entry is not None and entry.inputs:
+        return [str(i.get("name") or f"input {n + 1}") for n, i in enumerate(entry.inputs)]
     card = _card_path(spec)
     if card is not None and card.exists():
         parsed = read_card(card)
@@ -109,7 +235,8 @@ def model_inputs(spec: str) -> list[str]:
     if meta.exists():
         image = json.loads(meta.read_text()).get("network_data_format", {}).get("inputs", {}).get("image", {})
         channels = int(image.get("num_channels", 1) or 1)
-        return ["image"] if channels == 1 else [f"channel {c}" for c in range(channels)]
+        names = image.get("channel_def") or {}
+        return ["image"] if channels == 1 else [str(names.get(str(c)) or f"channel {c}") for c in range(channels)]
     return ["input"]
 
 

@@ -7,8 +7,11 @@ the config before parsing, so no file I/O transform is ever instantiated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,6 +86,14 @@ def bundle_labels(meta: dict) -> list[Label]:
     return parse_labels(raw, "bundle metadata")
 
 
+def config_labels(parser: Any) -> list[Label]:
+    """Labels from an inference config's ``labels: {name: value}`` (pediatric: metadata has no channel_def)."""
+    raw = parser.get("labels") if "labels" in parser else None
+    if not isinstance(raw, dict) or not all(isinstance(v, int) for v in raw.values()):
+        return []
+    return parse_labels({str(v): str(k) for k, v in raw.items() if v > 0}, "bundle inference config")
+
+
 # Network arguments that newer MONAI versions removed; bundles published earlier still pass them.
 REMOVED_NETWORK_ARGS = ("img_size",)
 
@@ -104,7 +115,60 @@ def parse_network_def(parser: Any, key: str = "network_def") -> torch.nn.Module:
         return parser.get_parsed_content(key, lazy=False)
 
 
+_HARD_CUDA = re.compile(r"""torch\.device\(\s*(['"])cuda(?::\d+)?\1\s*\)""")
+
+
+def pin_device(config: Any, device: str) -> Any:
+    """Replace hard-coded ``torch.device('cuda')`` in ``$`` expressions (e.g. pancreas DiNTS) by ``device``.
+
+    The usual ``torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')`` is left alone;
+    ``@device`` is set to the user's device anyway.
+    """
+    if isinstance(config, dict):
+        return {k: pin_device(v, device) for k, v in config.items()}
+    if isinstance(config, list):
+        return [pin_device(v, device) for v in config]
+    if isinstance(config, str) and config.startswith("$"):
+        return _HARD_CUDA.sub(f"torch.device('{device}')", config)
+    return config
+
+
+def checkpoint_path(parser: Any, folder: Path) -> Path:
+    """``models/model.pt``, or the file a ``CheckpointLoader`` handler of the config loads (pediatric: ``models/dynunet_FT.pt``)."""
+    default = folder / "models" / "model.pt"
+    handlers = parser.get("handlers") if "handlers" in parser else None
+    if default.exists() or not isinstance(handlers, list):
+        return default
+    for handler in handlers:
+        if isinstance(handler, dict) and str(handler.get("_target_", "")).endswith("CheckpointLoader"):
+            found = re.search(r"""['"]/?(models/[^'"]+\.pth?)['"]""", str(handler.get("load_path", "")))
+            if found and (folder / found.group(1)).exists():
+                return folder / found.group(1)
+    return default
+
+
+@contextlib.contextmanager
+def bundle_scripts_importable(folder: Path):
+    """Let a bundle's config import its own ``scripts`` package (UNesT networks, custom transforms), as
+    ``monai.bundle`` does by putting the bundle root on ``sys.path``; another bundle's ``scripts`` is forgotten first."""
+    if not (folder / "scripts").is_dir():
+        yield
+        return
+    for mod in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[mod]
+    sys.path.insert(1, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+
+
 def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
+    with bundle_scripts_importable(folder):
+        return _load_bundle(folder, device)
+
+
+def _load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     from monai.bundle import ConfigParser
 
     from ..loader import BundleParts, LoadedModel, load_state_dict, load_torchscript
@@ -116,6 +180,7 @@ def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     parser = ConfigParser()
     parser.read_meta(str(meta_path))
     parser.read_config(str(infer_path))
+    parser[""] = pin_device(parser[""], str(device))  # hard-coded CUDA runs on the device the user picked
     parser["bundle_root"] = str(folder)
     parser["device"] = f"$torch.device('{device}')"
     meta = json.loads(meta_path.read_text())
@@ -127,7 +192,7 @@ def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     if "postprocessing" in parser:
         _strip(parser, "postprocessing", ("SaveImaged", "SaveImage", "SaveClassificationd", "SaveClassification"))
     try:
-        ts_path, pt_path = folder / "models" / "model.ts", folder / "models" / "model.pt"
+        ts_path, pt_path = folder / "models" / "model.ts", checkpoint_path(parser, folder)
         if pt_path.exists():
             net_def = parser.get("network_def")
             if isinstance(net_def, dict) and net_def.get("pretrained"):
@@ -160,7 +225,7 @@ def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
         name=meta.get("name") or folder.name,
         task=_bundle_task(meta),
         stages=[],
-        labels=bundle_labels(meta),
+        labels=bundle_labels(meta) or config_labels(parser),
         inputs=[{"name": str(n), "modality": image_in.get("modality", "")} for n in (image_in.get("channel_def") or {str(i): f"channel {i}" for i in range(channels)}).values()],
         root=folder,
         title=meta.get("name", folder.name),
