@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ["segment", "classify", "models", "demo", "train", "evaluate"]
+COMMANDS = ["segment", "classify", "models", "demo", "train", "evaluate", "batch"]
 
 
 def build_parser() -> argparse.ArgumentParser:
