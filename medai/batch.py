@@ -19,6 +19,7 @@ import signal
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -290,6 +291,22 @@ class ResultsTable:
         os.replace(tmp, self.path)
 
 
+@contextmanager
+def _defer_sigint():
+    """Hold Ctrl-C (main thread only) until the block ends, so an output and its table row come together."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def commit_output(outdir: Path, name: str, data: bytes) -> Path:
     """Write ``data`` to ``outdir/name`` atomically: a temporary file, flushed, then renamed into place."""
     partial = outdir / PARTIAL
@@ -369,12 +386,13 @@ def run_batch(source: str | os.PathLike | list[Case], model, outdir: str | os.Pa
             callback(fraction, stage)
 
     def finish(case: Case, row: dict, data: bytes | None) -> None:
-        if row["status"] == "ok" and data is not None:
-            row["output"] = commit_output(outdir, output_name(case, task, fmt), data).name
-            summary.ok += 1
-        else:
-            row["status"], summary.failed = "failed", summary.failed + 1
-        table.append(row)
+        with _defer_sigint():
+            if row["status"] == "ok" and data is not None:
+                row["output"] = commit_output(outdir, output_name(case, task, fmt), data).name
+                summary.ok += 1
+            else:
+                row["status"], summary.failed = "failed", summary.failed + 1
+            table.append(row)
         summary.rows.append(row)
         finished = summary.ok + summary.failed
         report(finished / n_todo, f"{finished}/{len(todo)} {case.name} {row['status']}")
@@ -558,3 +576,24 @@ def run_cohort(cases: list, run_case: Callable[[object, ProgressCallback, Cancel
     if callback is not None:
         callback(1.0, "done")
     return items
+
+
+def cohort_case(case) -> list:
+    """A console cohort's case as a list of its inputs (volume nodes or image paths)."""
+    return list(case) if isinstance(case, (list, tuple)) else [case]
+
+
+def cohort_case_name(case) -> str:
+    first = cohort_case(case)[0]
+    if hasattr(first, "GetName"):
+        return first.GetName()
+    name = Path(first).name
+    suffix = _image_suffix(name)
+    return name[: -len(suffix)] if suffix else name
+
+
+def read_cohort_case(case, volume_from_node: Callable) -> list:
+    """The case's volumes: nodes through ``volume_from_node`` (the Slicer bridge), paths through :func:`medai.io.read_image`."""
+    from .io import read_image
+
+    return [read_image(i) if isinstance(i, (str, os.PathLike)) else volume_from_node(i) for i in cohort_case(case)]
