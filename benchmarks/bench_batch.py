@@ -57,11 +57,11 @@ def medai(*args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--cases", type=int, default=None, help="cohort size (default 12; 6 with --quick)")
+    parser.add_argument("--cases", type=int, default=None, help="cohort size (default 8; 4 with --quick)")
     parser.add_argument("--quick", action="store_true", help="fewer, smaller cases")
     args = parser.parse_args()
-    cases = args.cases or (6 if args.quick else 12)
-    size = 48 if args.quick else 96
+    cases = args.cases or (4 if args.quick else 8)
+    size = 32 if args.quick else 64
     with tempfile.TemporaryDirectory(prefix="medai-bench-batch-") as tmp:
         tmp = Path(tmp)
         card = write_card(tmp / "model")

@@ -365,6 +365,8 @@ def run_batch(source: str | os.PathLike | list[Case], model, outdir: str | os.Pa
     cancel = cancel or CancelToken()
     if (workers > 1 or ray_address) and not isinstance(model, (str, os.PathLike)):
         raise ValueError("with several workers or Ray, give the model as a name or path (each worker loads it)")
+    if ray_address:
+        import_ray()  # say how to install it before loading anything
     local = None
     if workers <= 1 and not ray_address:
         local = CaseRunner(model, device, task, fmt)

@@ -246,6 +246,14 @@ def test_ray_run_gives_the_same_outputs_and_table(cohort, tmp_path):
     assert not (tmp_path / "ray" / PARTIAL).exists()
 
 
+def test_without_ray_the_error_says_how_to_install_it(cohort, tmp_path, monkeypatch):
+    folder, card = cohort
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed: `import ray` raises ImportError
+    with pytest.raises(RuntimeError, match=r"pip install ray==2\.60\.0"):
+        run_batch(folder, str(card), tmp_path / "out", device="cpu", ray_address="auto")
+    assert not (tmp_path / "out" / RESULTS).exists()
+
+
 def test_slicer_console_cohorts_one_result_per_case(scene, tmp_path):
     from medai.slicer import scene as bridge
     from medai.slicer.classify_logic import ClassifyLogic
