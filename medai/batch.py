@@ -503,7 +503,10 @@ def _run_ray(address: str, todo: list[Case], workers: int, model, device: str, t
              finish: Callable[[Case, dict, bytes | None], None], cancel: CancelToken) -> None:
     ray = import_ray()
     if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
+        if address == "local":
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = gpus > 0 and device != "cpu"
     count = workers if workers > 1 else (gpus if use_gpu else 1)
