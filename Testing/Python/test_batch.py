@@ -186,6 +186,36 @@ def test_csv_cohort_with_channel_cases_and_worker_processes(tmp_path):
         assert (tmp_path / "local" / f"{name}.seg.nrrd").read_bytes() == (tmp_path / "pool" / f"{name}.seg.nrrd").read_bytes()
 
 
+def write_dicom_series(folder: Path, array: np.ndarray) -> None:
+    """One DICOM series (int16 slices, 1 x 1 x 2 mm) in ``folder``."""
+    image = sitk.GetImageFromArray(array.astype(np.int16))
+    image.SetSpacing((1.0, 1.0, 2.0))
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        sl = image[:, :, k]
+        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.15")
+        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        sl.SetMetaData("0020|0013", str(k))
+        sl.SetMetaData("0008|0060", "CT")
+        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
+        writer.Execute(sl)
+
+
+def test_dicom_series_folder_is_one_case(tmp_path):
+    folder = tmp_path / "cohort"
+    write_dicom_series(folder / "patient1", _volume(3).array * 100)
+    write_volume(_volume(4), folder / "patient2.nrrd")
+    cases = find_cases(folder)
+    assert cases == [Case("patient1", (str(folder / "patient1"),)), Case("patient2", (str(folder / "patient2.nrrd"),))]
+    summary = run_batch(folder, str(write_unet_card(tmp_path / "unet")), tmp_path / "out", device="cpu")
+    assert summary.success and summary.ok == 2
+    out = sitk.ReadImage(str(tmp_path / "out" / "patient1.seg.nrrd"))
+    assert out.GetSize() == (24, 24, 24) and np.allclose(out.GetSpacing(), (1.0, 1.0, 2.0))
+
+
 def test_bad_cohort_inputs_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no cases found"):
