@@ -35,7 +35,7 @@ SEGMENT_FORMATS = (".seg.nrrd", ".nii.gz", ".nrrd", ".mha")
 RESULTS = "results.csv"
 PARTIAL = ".medai-partial"  # temporary outputs, renamed into place when complete
 HEAD = ["case", "status", "output", "time_s"]
-TAIL = ["warnings", "error"]
+TAIL = ["model", "warnings", "error"]
 RAY_INSTALL = "pip install ray==2.60.0"
 
 
@@ -134,6 +134,36 @@ def default_task(model) -> str:
     if task in ("classification", "regression"):
         return "classify"
     raise ValueError(f"model {model.name} is a {task} model, which can segment or classify; choose --task segment or --task classify")
+
+
+def _strings(value) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def model_id(model) -> str:
+    """``name sha`` of the model's card and files (a bundle folder's files, or a card/file and the files its card names)."""
+    import hashlib
+    import json
+
+    from .fetch import sha256_of
+
+    digest = hashlib.sha256(json.dumps(model.card.raw, sort_keys=True, default=str).encode())
+    source = Path(model.source)
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file())
+    else:
+        files = [source] + sorted({source.parent / s for s in _strings(model.card.raw)
+                                   if "/" not in s and s not in (".", "..") and (source.parent / s).is_file()} - {source})
+    for f in files:
+        digest.update(f"{f.relative_to(source if source.is_dir() else source.parent)}:{sha256_of(f)}".encode())
+    return f"{model.name} {digest.hexdigest()[:12]}"
 
 
 # --- one worker: the model loaded once, then case after case -------------------------------------
@@ -370,12 +400,18 @@ def run_batch(source: str | os.PathLike | list[Case], model, outdir: str | os.Pa
     local = None
     if workers <= 1 and not ray_address:
         local = CaseRunner(model, device, task, fmt)
-        task = local.task
-    elif task is None:
+        task, loaded = local.task, local.model
+    else:
         from .models.loader import load_model
 
-        task = default_task(load_model(model, "cpu"))
+        loaded = load_model(model, "cpu")  # its task and identity; the workers load their own
+        task = task or default_task(loaded)
+    identity = model_id(loaded)
     table = ResultsTable(outdir / RESULTS)
+    others = {r.get("model") for r in table.rows if r.get("status") == "ok"} - {identity, None, ""}
+    if others:
+        raise ValueError(f"{outdir} holds results of another model ({', '.join(sorted(others))}; this one is {identity}); "
+                         f"use another output folder, or delete {outdir / RESULTS} to redo every case")
     table.compact(c.name for c in cases)  # also tidies a row cut short by a crash
     done = table.completed()
     todo = [c for c in cases if not (c.name in done and done[c.name].get("output") == output_name(c, task, fmt)
@@ -388,6 +424,7 @@ def run_batch(source: str | os.PathLike | list[Case], model, outdir: str | os.Pa
             callback(fraction, stage)
 
     def finish(case: Case, row: dict, data: bytes | None) -> None:
+        row["model"] = identity
         with _defer_sigint():
             if row["status"] == "ok" and data is not None:
                 row["output"] = commit_output(outdir, output_name(case, task, fmt), data).name

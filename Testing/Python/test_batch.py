@@ -108,6 +108,11 @@ def test_rerun_skips_complete_cases_and_retries_failed_ones(cohort, tmp_path):
     (out / "c1.seg.nrrd").unlink()  # an output removed by hand is made again
     third = run_batch(folder, str(card), out, device="cpu")
     assert (third.ok, third.skipped) == (1, 3) and (out / "c1.seg.nrrd").is_file()
+    other = write_unet_card(tmp_path / "retrained" / "unet", seed=1)  # same name, other weights
+    before = (out / RESULTS).read_bytes()
+    with pytest.raises(ValueError, match="holds results of another model"):
+        run_batch(folder, str(other), out, device="cpu")
+    assert (out / RESULTS).read_bytes() == before
 
 
 def test_cancel_inside_a_case_leaves_only_complete_outputs_and_resume_finishes(cohort, tmp_path):
