@@ -416,6 +416,10 @@ def run_batch(source: str | os.PathLike | list[Case], model, outdir: str | os.Pa
     done = table.completed()
     todo = [c for c in cases if not (c.name in done and done[c.name].get("output") == output_name(c, task, fmt)
                                       and (outdir / output_name(c, task, fmt)).is_file())]
+    foreign = [output_name(c, task, fmt) for c in todo if (outdir / output_name(c, task, fmt)).exists()]
+    if foreign:
+        raise FileExistsError(f"{outdir} already has {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''} without an ok row in "
+                              f"{RESULTS}; move or delete them (they are not overwritten), or choose another output folder")
     summary = BatchSummary(len(cases), task, skipped=len(cases) - len(todo))
     n_todo = max(len(todo), 1)
 

@@ -106,6 +106,11 @@ def test_rerun_skips_complete_cases_and_retries_failed_ones(cohort, tmp_path):
     rows = read_rows(out)
     assert list(rows) == ["bad", "c0", "c1", "c2", "two"] and rows["bad"]["status"] == "ok" and rows["bad"]["error"] == ""
     (out / "c1.seg.nrrd").unlink()  # an output removed by hand is made again
+    (out / "two.seg.nrrd").write_bytes(b"the user's own file")  # never overwritten
+    with pytest.raises(FileExistsError, match="two.seg.nrrd without an ok row"):
+        run_batch(folder, str(card), out, device="cpu")
+    assert (out / "two.seg.nrrd").read_bytes() == b"the user's own file"
+    (out / "two.seg.nrrd").unlink()
     third = run_batch(folder, str(card), out, device="cpu")
     assert (third.ok, third.skipped) == (1, 3) and (out / "c1.seg.nrrd").is_file()
     other = write_unet_card(tmp_path / "retrained" / "unet", seed=1)  # same name, other weights
