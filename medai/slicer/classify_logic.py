@@ -21,6 +21,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from ..batch import CohortItem, cohort_case_name, read_cohort_case, run_cohort
 from ..engine.classify import ClassificationResult
 from ..engine.classify import classify as run_classification
 from ..engine.progress import CancelToken, ProgressCallback
@@ -230,3 +231,28 @@ class ClassifyLogic:
         method, margin, hotspot_threshold).
         """
         return self.apply(self.compute(inputVolumes, model, region, progress, cancel, **options))
+
+    def classify_cohort(self, cases, model: str | LoadedModel, progress: ProgressCallback | None = None,
+                        cancel: CancelToken | None = None, **options) -> tuple[ClassifyOutput | None, list[CohortItem]]:
+        """Classify a cohort case by case (a volume node, an image file, or a list of them = its channels).
+
+        The model is loaded once; a failing case gets its ``error`` and the rest go on. The cases that
+        succeeded go into one scores table (a row per case) and chart; returns that output (None when
+        none succeeded) and one item per case whose ``result`` is its :class:`ClassificationResult`.
+        ``options``: the fields of :class:`~medai.requests.ClassifyRequest` (default here: no explanation).
+        """
+        request = request_from(ClassifyRequest, {"explain": False, **options})
+        loaded = self.load(model, request.device)
+
+        def run_case(case, step, token):
+            return run_classification(loaded, read_cohort_case(case, bridge.volume_from_node), None, request, step, token)
+
+        items = run_cohort(list(cases), run_case, cohort_case_name, progress, cancel)
+        done = [item.result for item in items if item.result is not None]
+        if not done:
+            return None, items
+        merged = done[0]
+        merged = ClassificationResult(merged.model_name, merged.task, merged.class_names, [c for r in done for c in r.cases],
+                                      merged.thresholds, merged.unit, merged.method, merged.device,
+                                      warnings=list(dict.fromkeys(w for r in done for w in r.warnings)))
+        return self.apply(merged), items

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+from ..batch import CohortItem, cohort_case, cohort_case_name, read_cohort_case, run_cohort
 from ..geometry import Volume
 from ..engine.progress import CancelToken, ProgressCallback
 from ..engine.segment import segment as run_segmentation
@@ -84,3 +85,27 @@ class SegmentLogic:
         nodes = list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
         result = self.compute(nodes, model, device, progress, cancel)
         return self.apply(result, nodes[0], output_segmentation, output_labelmap)
+
+    def segment_cohort(self, cases, model: str | LoadedModel, device: str = "auto", progress: ProgressCallback | None = None,
+                       cancel: CancelToken | None = None, scene=None) -> list[CohortItem]:
+        """Segment a cohort, one segmentation node per case; the model is loaded once.
+
+        Each case is a volume node, an image file, or a list of them (its channels). A file case is
+        added to ``scene`` (default: the main scene) as a volume node first. A failing case gets
+        its ``error`` and the rest go on; ``progress`` spans the cohort; ``cancel`` stops it.
+        """
+        loaded = self.load(model, device)
+
+        def run_case(case, step, token):
+            volumes = read_cohort_case(case, bridge.volume_from_node)
+            result = run_segmentation(loaded, volumes, step, token)
+            first = cohort_case(case)[0]
+            if hasattr(first, "GetScene"):
+                return self.apply(result, first)
+            import slicer
+
+            target = scene or slicer.mrmlScene
+            with bridge.all_or_nothing(target):
+                return self.apply(result, bridge.volume_node_from_volume(target, volumes[0]))
+
+        return run_cohort(list(cases), run_case, cohort_case_name, progress, cancel)
