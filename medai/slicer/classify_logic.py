@@ -49,10 +49,6 @@ class ClassifyOutput:
     heatmap_nodes: list = field(default_factory=list)
 
 
-def _as_list(input_volumes) -> list:
-    return list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
-
-
 def _segment_ids(seg_node, segment_id: str | None) -> list[str]:
     segmentation = seg_node.GetSegmentation()
     if segment_id is not None:
@@ -171,9 +167,7 @@ class ClassifyLogic:
 
         Reading a segmentation region may convert its representation, so this must run on the main thread.
         """
-        input_nodes = _as_list(inputVolumes)
-        if not input_nodes or any(n is None for n in input_nodes):
-            raise GeometryError("an input volume is not set; select a volume node for every model input")
+        input_nodes = bridge.volume_node_list(inputVolumes)
         volumes = [bridge.volume_from_node(n) for n in input_nodes]
         mask = region_volume(region, input_nodes[0]) if region is not None else None
         return volumes, mask

@@ -36,7 +36,7 @@ class SegmentLogic:
 
     def read_inputs(self, input_volumes) -> list[Volume]:
         """Main-thread part: the nodes' voxels (views, no copy) and world geometry."""
-        nodes = list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
+        nodes = bridge.volume_node_list(input_volumes)
         return [bridge.volume_from_node(n) for n in nodes]
 
     def compute_volumes(self, volumes: list[Volume], model: str | LoadedModel, device: str = "auto",
@@ -82,7 +82,7 @@ class SegmentLogic:
     def segment(self, input_volumes, model: str | LoadedModel, output_segmentation=None, device: str = "auto",
                 progress: ProgressCallback | None = None, cancel: CancelToken | None = None, output_labelmap=None):
         """Segment ``input_volumes`` (a node or a list; the first defines the grid); returns the segmentation node."""
-        nodes = list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
+        nodes = bridge.volume_node_list(input_volumes)
         result = self.compute(nodes, model, device, progress, cancel)
         return self.apply(result, nodes[0], output_segmentation, output_labelmap)
 

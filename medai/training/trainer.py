@@ -31,6 +31,7 @@ import torch
 from ..engine.common import autocast
 from ..engine.progress import Cancelled, CancelToken
 from ..metrics import classification_metrics, dice, regression_metrics
+from ..models.card import DENOISE_METHODS
 from ..models.loader import build_network, load_model, resolve_device
 from . import augment
 from .data import Case, DataError, Preprocessing, TrainingData, available_memory, estimate_case_bytes, preprocess
@@ -179,8 +180,8 @@ def with_denoise(ops: list[dict], method: str | None) -> list[dict]:
     """``ops`` with a ``denoise`` op first (before normalisation), unless ``method`` is None or one is already there."""
     if not method or any(op.get("op") == "denoise" for op in ops):
         return list(ops)
-    if method not in ("gaussian", "median"):
-        raise DataError(f"denoise {method!r} unknown; use gaussian or median")
+    if method not in DENOISE_METHODS:
+        raise DataError(f"denoise {method!r} unknown; use {' or '.join(DENOISE_METHODS)}")
     op = {"op": "denoise", "method": method, **({"sigma": 0.75} if method == "gaussian" else {"size": 3})}
     return [op, *ops]
 
