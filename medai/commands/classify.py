@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from ..geometry import Volume
 from ..io import read_image, suffix_of, write_volume
 from ..models.loader import load_model
 from .progressbar import ProgressBar
+from .safety import add_trust_argument, check_outputs, print_warnings
 
 HEATMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -27,16 +29,19 @@ def register(sub) -> None:
     p.add_argument("--region", metavar="MASK", help="classify only this region (non-zero voxels of a mask image), cropped with a margin")
     p.add_argument("--findings", metavar="CSV", help="write the localised findings (hot spots, region components) as CSV")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    add_trust_argument(p)
     p.set_defaults(handler=run)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, path)  # never a half-written file under the user's name
 
 
 def run(args) -> int:
@@ -45,6 +50,7 @@ def run(args) -> int:
         raise ValueError(f"output {out}: use a .csv file")
     if args.explain and suffix_of(args.explain) not in HEATMAP_SUFFIXES:
         raise ValueError(f"--explain {args.explain}: use one of {', '.join(HEATMAP_SUFFIXES)}")
+    check_outputs([out, args.explain, args.findings], [*args.images, args.region])
     volumes = [read_image(p) for p in args.images]
     region = None
     if args.region:
@@ -52,7 +58,7 @@ def run(args) -> int:
         region = Volume((mask.array > 0).astype("uint8") if mask.array.ndim == 3 else (mask.array > 0).any(axis=3).astype("uint8"),
                         mask.ijk_to_ras, Path(args.region).name, {"kind": "segment"})
     start = time.perf_counter()
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, trust=args.trust)
     load_s = time.perf_counter() - start
     with ProgressBar(f"classify {Path(args.images[0]).name}") as bar:
         result = classify(model, volumes, region, bool(args.explain), args.target_class, args.method, bar)
@@ -76,6 +82,5 @@ def run(args) -> int:
         best = result.ranking(case)[0]
         label = ", ".join(result.predicted_names(case)) or ("-" if result.task != "regression" else f"{best[1]:.4g} {result.unit}".strip())
         print(f"  {case.name}: {label}")
-    for warning in result.warnings:
-        print(f"  note: {warning}")
+    print_warnings(result.warnings)
     return 0

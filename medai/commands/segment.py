@@ -10,6 +10,7 @@ from ..io import read_image, suffix_of
 from ..models.loader import load_model
 from ..results import write_segmentation
 from .progressbar import ProgressBar
+from .safety import add_trust_argument, check_outputs, print_warnings
 
 OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -20,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--model", "-m", default=None, help="catalog name, bundle folder or .zip, model card .json, or TorchScript file (default: the catalog's default)")
     p.add_argument("-o", "--output", required=True, help="output: .seg.nrrd (named segments), .nii.gz, .nrrd or .mha labelmap")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    add_trust_argument(p)
     p.set_defaults(handler=run)
 
 
@@ -29,9 +31,10 @@ def run(args) -> int:
     out = Path(args.output)
     if suffix_of(out) not in OUTPUT_SUFFIXES:
         raise ValueError(f"output {out}: use one of {', '.join(OUTPUT_SUFFIXES)}")
+    check_outputs([out], args.images)
     volumes = [read_image(p) for p in args.images]
     start = time.perf_counter()
-    model = load_model(args.model or catalog.default_model_name(), args.device)
+    model = load_model(args.model or catalog.default_model_name(), args.device, trust=args.trust)
     load_s = time.perf_counter() - start
     with ProgressBar(f"segment {Path(args.images[0]).name}") as bar:
         result = segment(model, volumes, bar)
@@ -40,4 +43,5 @@ def run(args) -> int:
     print(f"{out}: {len(result.labels)} label(s) on {result.device} ({total})")
     for row in result.summary():
         print(f"  {row['label']}: {row['voxels']} voxels, {row['volume_ml']:.1f} mL")
+    print_warnings(result.warnings)
     return 0

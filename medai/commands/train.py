@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .progressbar import ProgressBar
+from .safety import add_trust_argument, check_outputs
 
 
 def _floats(text: str) -> list[float]:
@@ -45,6 +46,7 @@ def register(sub) -> None:
     p.add_argument("--data-note", default=None, help="a sentence about the data for the card (e.g. that labels are derived)")
     p.add_argument("--name", default=None, help="model name in the card (default: the output folder's name)")
     p.add_argument("--device", default="auto")
+    add_trust_argument(p)
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
     p.add_argument("--no-test", action="store_true", help="skip evaluating the test cases at the end")
     p.set_defaults(handler=run)
@@ -66,6 +68,7 @@ def run(args) -> int:
     from ..training import TrainConfig, train
     from ..training.data import discover
 
+    check_outputs([Path(args.output) / "medai.json"], [])  # a read-only folder is found now, not after training
     data = discover(args.data, args.task)
     if args.data_note:
         data.description["note"] = args.data_note
@@ -80,7 +83,7 @@ def run(args) -> int:
         augmentation=[] if args.augment == "none" else (args.augment.split(",") if args.augment else TrainConfig().augmentation),
         device=args.device, amp=not args.no_amp, crop_foreground=args.crop_foreground, denoise=args.denoise,
         finetune_from=args.finetune_from, resume=args.resume, name=args.name, evaluate_test=not args.no_test,
-        region_margin=args.region_margin,
+        region_margin=args.region_margin, trust=args.trust,
     )
     print(f"training {network} for {args.task} on {len(data.cases)} case(s) from {args.data}", file=sys.stderr)
     start = time.perf_counter()

@@ -160,8 +160,9 @@ class ClassifyLogic:
         self.last_result: ClassificationResult | None = None
         self.last_output: ClassifyOutput | None = None
 
-    def load(self, model: str | LoadedModel, device: str = "auto") -> LoadedModel:
-        return model if isinstance(model, LoadedModel) else load_model(model, device)
+    def load(self, model: str | LoadedModel, device: str = "auto", trust: bool = False) -> LoadedModel:
+        """``trust``: the caller trusts a model that would run code (see :mod:`medai.models.trust`)."""
+        return model if isinstance(model, LoadedModel) else load_model(model, device, trust=trust)
 
     def read_inputs(self, inputVolumes, region=None) -> tuple[list[Volume], Volume | None]:
         """Main-thread part: the volumes and the region mask as arrays (views of the nodes' voxels); adds no node.
@@ -177,10 +178,10 @@ class ClassifyLogic:
 
     def compute_volumes(self, volumes: list[Volume], mask: Volume | None, model: str | LoadedModel, explain: bool = True,
                         device: str = "auto", progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                        target_class: int | str | None = None, method: str = "gradcam") -> ClassificationResult:
+                        target_class: int | str | None = None, method: str = "gradcam", trust: bool = False) -> ClassificationResult:
         """Off-main-thread part: loads the model and runs it on arrays read by :meth:`read_inputs`; touches no node."""
         start = time.perf_counter()
-        loaded = self.load(model, device)
+        loaded = self.load(model, device, trust)
         load_s = time.perf_counter() - start
         result = run_classification(loaded, volumes, mask, explain, target_class, method, progress, cancel)
         result.timings = {"load": load_s, **result.timings}
@@ -188,10 +189,10 @@ class ClassifyLogic:
 
     def compute(self, inputVolumes, model: str | LoadedModel, region=None, explain: bool = True, device: str = "auto",
                 progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                target_class: int | str | None = None, method: str = "gradcam") -> ClassificationResult:
+                target_class: int | str | None = None, method: str = "gradcam", trust: bool = False) -> ClassificationResult:
         """:meth:`read_inputs` then :meth:`compute_volumes` on the calling thread; touches no node."""
         volumes, mask = self.read_inputs(inputVolumes, region)
-        return self.compute_volumes(volumes, mask, model, explain, device, progress, cancel, target_class, method)
+        return self.compute_volumes(volumes, mask, model, explain, device, progress, cancel, target_class, method, trust)
 
     def apply(self, result: ClassificationResult, show: bool = True) -> ClassifyOutput:
         """Main-thread part: put a finished result into the scene (tables, chart, heatmaps, findings), all or nothing."""
@@ -219,7 +220,10 @@ class ClassifyLogic:
 
     def classify(self, inputVolumes, model: str | LoadedModel, region=None, explain: bool = True, device: str = "auto",
                  progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                 target_class: int | str | None = None, method: str = "gradcam") -> ClassifyOutput:
-        """Classify ``inputVolumes`` (a node or a list: channels of one case, or a cohort); returns the output nodes."""
-        result = self.compute(inputVolumes, model, region, explain, device, progress, cancel, target_class, method)
+                 target_class: int | str | None = None, method: str = "gradcam", trust: bool = False) -> ClassifyOutput:
+        """Classify ``inputVolumes`` (a node or a list: channels of one case, or a cohort); returns the output nodes.
+
+        ``trust=True`` runs a model that would run code (a bundle or card not from the catalog).
+        """
+        result = self.compute(inputVolumes, model, region, explain, device, progress, cancel, target_class, method, trust)
         return self.apply(result)

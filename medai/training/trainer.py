@@ -71,6 +71,7 @@ class TrainConfig:
     crop_foreground: bool = False
     denoise: str | None = None  # "gaussian" or "median": written into the card as a ``denoise`` intensity op
     finetune_from: str | None = None
+    trust: bool = False  # the base model (finetune_from) may run code: the user trusts it (--trust)
     finetune_lr_factor: float = 0.1
     resume: bool = False
     name: str | None = None
@@ -272,7 +273,7 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
     net_cfg = network_config(config.network, task, len(roi), channels, out_channels, config.network_args)
     init_state, parent = None, None
     if config.finetune_from:
-        base = load_model(config.finetune_from, "cpu")
+        base = load_model(config.finetune_from, "cpu", trust=config.trust)
         stage = base.card.stages[-1]
         if base.card.task != task or stage.network is None:
             raise DataError(f"--from {config.finetune_from}: a {base.card.task} model (or TorchScript) cannot be fine-tuned for {task}; give a {task} model card")
