@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import GeometryError, Volume, same_grid
+from .geometry import GeometryError, Volume, check_voxels, same_grid
 
 
 class InputError(GeometryError):
@@ -102,12 +102,15 @@ def _sample(array: np.ndarray, n: int = 1 << 20) -> np.ndarray:
     return flat[:: max(1, flat.size // n)]
 
 
-def _constancy(volume: Volume) -> list[str]:
+def _constancy(volume: Volume, alone: bool) -> list[str]:
+    """A constant image is an error when it is the only information (``alone``), else a warning."""
     sample = _sample(volume.array)
     lo, hi = float(np.min(sample)), float(np.max(sample))
     if lo == hi and float(np.min(volume.array)) == float(np.max(volume.array)):
-        raise InputError(f"{volume.name}: every voxel is {lo:g}; a constant image holds nothing a model can find. "
-                         "Check that the right image was loaded")
+        text = f"{volume.name}: every voxel is {lo:g}; a constant image holds nothing a model can find"
+        if alone:
+            raise InputError(f"{text}. Check that the right image was loaded")
+        return [f"{text}; the result rests on the other input(s) only"]
     values, counts = np.unique(sample, return_counts=True)
     top = counts.max() / sample.size
     if top >= NEAR_CONSTANT:
@@ -165,11 +168,16 @@ def input_warnings(volumes: list[Volume], inputs: list[dict] | None = None, mode
     3 refuses single-slice images.
     """
     warnings: list[str] = []
-    for n, volume in enumerate(volumes):
+    for volume in volumes:
+        check_voxels(volume)  # empty, NaN or infinite: errors first
         if spatial_dims == 3 and min(volume.shape_ijk) < 2:
-            raise InputError(f"model {model_name} is a 3D model, but {volume.name} is a single 2D image ({volume.shape_ijk}); "
-                             "give a 3D volume, or use a 2D model")
-        warnings += _constancy(volume)
+            raise InputError(f"model {model_name} needs a 3D volume, but {volume.name} has a single slice (a 2D image, dimensions "
+                             f"{volume.shape_ijk}); give the whole 3D series, or use a 2D model")
+    constant = [_constancy(v, alone=False) for v in volumes]
+    if len(volumes) > 1 and all(c and "every voxel" in c[0] for c in constant):
+        raise InputError(f"every input ({', '.join(v.name for v in volumes)}) is constant; check that the right images were loaded")
+    for n, volume in enumerate(volumes):
+        warnings += _constancy(volume, alone=len(volumes) == 1) if len(volumes) == 1 else constant[n]
         if n > 0:
             warnings += _overlap(volume, volumes[0])
         if inputs and n < len(inputs) and isinstance(inputs[n], dict):

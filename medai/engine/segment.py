@@ -266,7 +266,8 @@ def segment(model: LoadedModel, volumes: list[Volume], callback: ProgressCallbac
     """Segment ``volumes`` (first one defines the output grid) with a loaded model."""
     if model.card.task not in ("segmentation", "multilabel") and model.kind != "bundle":
         raise ValueError(f"model {model.name} is a {model.card.task} model; use it with MedAIClassify / `medai classify`")
-    doubts = input_warnings(volumes, model.card.inputs, model.name)  # refuses unusable inputs before any work
+    dims = 3 if any(st.roi_size and len(st.roi_size) == 3 for st in model.card.stages) else None
+    doubts = input_warnings(volumes, model.card.inputs, model.name, dims)  # refuses unusable inputs before any work
     progress = Progress(callback, cancel)
     with model.lock:  # networks are not re-entrant on one device
         if model.kind == "bundle":
