@@ -102,3 +102,45 @@ def test_a_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
         write_volume(vol, old)
     assert old.read_bytes() == b"the user's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.nii.gz"]
+
+
+# --- Ctrl-C during training ------------------------------------------------------------------------
+
+
+def _pairs(folder: Path, n: int = 4) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for c in range(n):
+        lab = np.zeros((16, 16, 16), np.uint8)
+        lab[4 + c:11, 5:12, 3:10] = 1
+        img = (lab * 80 + rng.normal(20, 5, lab.shape)).astype(np.float32)
+        write_volume(Volume(img, np.eye(4), "i"), folder / f"case{c}.nii.gz")
+        write_volume(Volume(lab, np.eye(4), "l"), folder / f"case{c}_label.nii.gz")
+    return folder
+
+
+def _interrupt_at(kind: str, epoch: int):
+    def callback(event) -> None:
+        if event.phase == kind and event.epoch >= epoch:
+            raise KeyboardInterrupt
+    return callback
+
+
+def test_ctrl_c_in_training_leaves_a_loadable_model_or_nothing(tmp_path):
+    from medai.models.loader import load_model
+    from medai.training import TrainConfig, train
+    from medai.training.data import discover
+
+    data = discover(_pairs(tmp_path / "data"), "segmentation")
+    config = TrainConfig(network="unet", network_args={"channels": [4, 8], "strides": [2], "num_res_units": 0}, epochs=5,
+                         roi_size=[16, 16, 16], samples_per_case=1, batch_size=2, steps_per_epoch=1, device="cpu",
+                         augmentation=[], split=(0.5, 0.25, 0.25))
+    early = tmp_path / "early"
+    with pytest.raises(KeyboardInterrupt):
+        train(data, early, config, callback=_interrupt_at("train", 1))  # before any checkpoint: nothing is left
+    assert not early.exists()
+    later = tmp_path / "later"
+    result = train(data, later, config, callback=_interrupt_at("epoch", 2))
+    assert result.stopped == "interrupted" and result.card_path == later / "medai.json"
+    model = load_model(result.card_path, "cpu")  # the best checkpoint and its card
+    assert model.kind == "card" and not list(later.glob("*.partial"))

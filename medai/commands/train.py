@@ -101,4 +101,7 @@ def run(args) -> int:
             print(f"  test: accuracy {s['accuracy']:.4f}, macro F1 {s['macro']['f1']:.4f}, macro AUC {s['macro']['auc']:.4f} on {s['cases']} case(s)")
         else:
             print(f"  test: MAE {s['mae']:.4f}, correlation {s['correlation']:.4f} on {s['cases']} case(s)")
+    if result.stopped == "interrupted":
+        print(f"medai train: interrupted; {args.output} holds the best checkpoint so far and its card", file=sys.stderr)
+        return 130
     return 0 if result.card_path else 1

@@ -17,6 +17,8 @@ Files in the output folder while training: ``split.json`` (written first), ``che
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import math
 import random
 import time
@@ -251,6 +253,7 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
     from .export import write_card
 
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     cancel = cancel or CancelToken()
     callback = callback or (lambda e: None)
@@ -404,14 +407,14 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
                 row[metric_name] = value
                 if _better(task, value, best_metric):
                     best_metric, best_epoch, bad = value, epoch, 0
-                    torch.save(net.state_dict(), out_dir / "model.pt")
+                    _save_atomic(net.state_dict(), out_dir / "model.pt")
                 else:
                     bad += 1
             elif not val_items:  # without validation cases the last weights are the result
-                torch.save(net.state_dict(), out_dir / "model.pt")
+                _save_atomic(net.state_dict(), out_dir / "model.pt")
                 best_epoch = epoch
             history.append(row)
-            torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            _save_atomic({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(), "epoch": epoch, "best_metric": best_metric, "best_epoch": best_epoch,
                         "bad_validations": bad, "history": history}, ckpt_path)
             elapsed = time.perf_counter() - run_start
@@ -423,9 +426,13 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
                 stopped = "early stopping"
                 log.info("early stopping after %d validations without improvement", bad)
                 break
-    except Cancelled:
-        stopped = "cancelled"
-        log.info("training cancelled in epoch %d; keeping the best checkpoint (epoch %s)", epoch, best_epoch)
+    except (Cancelled, KeyboardInterrupt) as exc:  # Ctrl-C: a loadable model folder (best checkpoint + card) or nothing
+        stopped = "interrupted" if isinstance(exc, KeyboardInterrupt) else "cancelled"
+        log.info("training %s in epoch %d; keeping the best checkpoint (epoch %s)", stopped, epoch, best_epoch)
+        if stopped == "interrupted" and not (out_dir / "model.pt").exists():
+            if created:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
     throughput = samples_done / max(train_time, 1e-9)
 
     card_path = None
@@ -436,7 +443,7 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
                                stopped=stopped, lr=lr, parent=parent)
         if task == "multilabel" and config.evaluate_test and split.get("test"):
             log.warning("multi-label models are not evaluated on the test cases yet; use `medai classify` on them")
-        elif stopped != "cancelled" and config.evaluate_test and split.get("test"):
+        elif stopped not in ("cancelled", "interrupted") and config.evaluate_test and split.get("test"):
             from ..evaluate import evaluate_model
 
             callback(TrainEvent("test", epoch, config.epochs, steps, steps, None, metric_name, None, best_metric, best_epoch))
@@ -454,6 +461,13 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
     callback(TrainEvent("done", epoch, config.epochs, steps, steps, history[-1]["loss"] if history else None, metric_name,
                         None, best_metric, best_epoch, time.perf_counter() - run_start, 0.0))
     return TrainResult(out_dir, card_path, history, best_metric, best_epoch, metric_name, stopped, test_summary, throughput)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    """``torch.save`` that never leaves a half-written file under ``path`` (Ctrl-C, full disk)."""
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def config_record(config: TrainConfig) -> dict:
