@@ -88,6 +88,12 @@ def check_file(path: str | Path) -> None:
         check_nifti(path)
     elif name.endswith(".gz"):
         _read_all(path)
+    elif name.endswith((".jpg", ".jpeg")):  # libjpeg fills a cut-off JPEG with grey and only warns
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 4096))
+            tail = fh.read().rstrip(b"\x00")
+        if not tail.endswith(b"\xff\xd9"):
+            raise InputError(f"{path}: the JPEG file is truncated (no end-of-image marker); copy or export it again")
 
 
 # --- volumes going into a model ---------------------------------------------------------------------

@@ -115,6 +115,23 @@ def write_volume(volume: Volume, path: str | os.PathLike, array: np.ndarray | No
     return path
 
 
+ORTHOGONAL_ONLY = (".nii", ".nii.gz")  # NIfTI readers make a non-orthogonal direction matrix orthogonal
+
+
+def check_format_holds_grid(volume: Volume, target: str | os.PathLike) -> None:
+    """Before any work: refuse an output format that cannot hold ``volume``'s grid (see :func:`check_written_grid`)."""
+    if suffix_of(target) in ORTHOGONAL_ONLY:
+        d = volume.direction
+        if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+            raise GeometryError(_grid_message(volume, Path(target)))
+
+
+def _grid_message(volume: Volume, target: Path) -> str:
+    return (f"output {target}: the {suffix_of(target)} format cannot hold the grid of {volume.name} exactly "
+            "(its direction matrix is not orthogonal, e.g. a sheared acquisition) and would be written on another grid; "
+            "write .nrrd, .seg.nrrd or .mha instead")
+
+
 def check_written_grid(written: Path, volume: Volume, target: Path, atol: float = 1e-3) -> None:
     """Refuse a file whose format changed the grid (e.g. NIfTI makes a sheared direction matrix orthogonal)."""
     reader = sitk.ImageFileReader()
@@ -130,8 +147,4 @@ def check_written_grid(written: Path, volume: Volume, target: Path, atol: float 
     got = LPS_TO_RAS @ got
     scale = max(1.0, float(np.abs(volume.ijk_to_ras).max()))
     if not np.allclose(got, volume.ijk_to_ras, atol=atol * scale):
-        raise GeometryError(
-            f"output {target}: the {suffix_of(target)} format cannot hold the grid of {volume.name} exactly "
-            "(its direction matrix is not orthogonal, e.g. a sheared acquisition) and would be written on another grid; "
-            "write .nrrd, .seg.nrrd or .mha instead"
-        )
+        raise GeometryError(_grid_message(volume, target))

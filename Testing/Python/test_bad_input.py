@@ -63,6 +63,17 @@ def test_truncated_files_are_errors_in_every_format(tmp_path, capsys, suffix):
         read_image(cut)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_2d_images_are_errors(tmp_path, suffix):
+    full = tmp_path / f"full{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray((np.random.default_rng(0).random((60, 70)) * 255).astype(np.uint8)), str(full))
+    assert read_image(full).shape_ijk == (70, 60, 1)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises((GeometryError, RuntimeError)):
+        read_image(cut)
+
+
 def test_truncated_nifti_reader_would_have_read_zeros(tmp_path):
     """The reason for the check: SimpleITK fills the missing half of a cut .nii.gz with zeros, without an error."""
     full = _write(tmp_path / "full.nii.gz", _cube(shape=(40, 40, 40)) + 5)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..engine.classify import classify
 from ..explain.gradcam import METHODS
 from ..geometry import Volume
-from ..io import read_image, suffix_of, write_volume
+from ..io import check_format_holds_grid, read_image, suffix_of, write_volume
 from ..models.loader import load_model
 from .progressbar import ProgressBar
 from .safety import add_trust_argument, check_outputs, print_warnings
@@ -52,6 +52,8 @@ def run(args) -> int:
         raise ValueError(f"--explain {args.explain}: use one of {', '.join(HEATMAP_SUFFIXES)}")
     check_outputs([out, args.explain, args.findings], [*args.images, args.region])
     volumes = [read_image(p) for p in args.images]
+    for volume in volumes if args.explain else []:
+        check_format_holds_grid(volume, args.explain)
     region = None
     if args.region:
         mask = read_image(args.region)

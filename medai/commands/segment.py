@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ..engine.segment import segment
-from ..io import read_image, suffix_of
+from ..io import check_format_holds_grid, read_image, suffix_of
 from ..models.loader import load_model
 from ..results import write_segmentation
 from .progressbar import ProgressBar
@@ -33,6 +33,7 @@ def run(args) -> int:
         raise ValueError(f"output {out}: use one of {', '.join(OUTPUT_SUFFIXES)}")
     check_outputs([out], args.images)
     volumes = [read_image(p) for p in args.images]
+    check_format_holds_grid(volumes[0], out)
     start = time.perf_counter()
     model = load_model(args.model or catalog.default_model_name(), args.device, trust=args.trust)
     load_s = time.perf_counter() - start
