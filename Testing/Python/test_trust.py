@@ -207,3 +207,18 @@ def test_pickle_module_is_what_torch_refuses():
     buf.seek(0)
     with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):
         torch.load(buf, weights_only=True)
+
+
+def test_fine_tuning_from_an_untrusted_card_is_refused_and_leaves_nothing(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    card = conv_card(tmp_path / "evil", kernel_size=_expression(marker))
+    data = tmp_path / "data"
+    data.mkdir()
+    for c in range(2):
+        lab = np.zeros((8, 8, 8), np.uint8)
+        lab[2:6, 2:6, 2:6] = 1
+        write_volume(Volume(lab * 50.0 + c, np.eye(4), "i"), data / f"c{c}.nii.gz")
+        write_volume(Volume(lab, np.eye(4), "l"), data / f"c{c}_label.nii.gz")
+    out = tmp_path / "model"
+    assert main(["train", "--data", str(data), "--from", str(card), "-o", str(out), "--device", "cpu", "--epochs", "1"]) == 1
+    assert "would run code" in capsys.readouterr().err and not marker.exists() and not out.exists()

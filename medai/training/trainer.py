@@ -254,7 +254,6 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
 
     out_dir = Path(out_dir)
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
     cancel = cancel or CancelToken()
     callback = callback or (lambda e: None)
     task = config.task
@@ -297,7 +296,9 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
     if task == "segmentation" and any(r % divisor for r in roi):
         raise DataError(f"patch size {roi} must be divisible by {divisor} for this network's strides; change --roi")
 
-    # split, saved first so that a resumed run uses the same one
+    # split, saved first so that a resumed run uses the same one (the folder is made only now: a refused
+    # configuration or base model leaves nothing behind)
+    out_dir.mkdir(parents=True, exist_ok=True)
     split_path = out_dir / "split.json"
     if config.resume and split_path.exists():
         split = load_split(split_path, data.cases)
