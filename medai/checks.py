@@ -194,15 +194,18 @@ def input_warnings(volumes: list[Volume], inputs: list[dict] | None = None, mode
 # --- results ---------------------------------------------------------------------------------------
 
 
+HOT_EVERYWHERE = 0.9  # a hot spot (heat >= half the peak, as medai.explain.localize finds them) covering this much of the image
+
+
 def heatmap_warnings(heatmap: np.ndarray | None, name: str, threshold: float = 0.5) -> list[str]:
-    """A heatmap that is flat, or hot nearly everywhere, explains nothing: say so."""
+    """A heatmap that is flat, or one hot spot covering nearly the whole image, explains nothing: say so."""
     if heatmap is None or heatmap.size == 0:
         return []
     lo, hi = float(np.min(heatmap)), float(np.max(heatmap))
     if hi - lo < 1e-6:
         return [f"{name}: the explanation heatmap is constant ({hi:.3g} everywhere); it does not show where the evidence is"]
-    hot = float(np.mean(heatmap >= lo + threshold * (hi - lo)))
-    if hot > 0.5:
+    hot = float(np.mean(heatmap >= threshold * hi)) if hi > 0 else 0.0
+    if hot >= HOT_EVERYWHERE:
         return [f"{name}: the explanation heatmap is hot over {100 * hot:.0f} % of the image; it does not localise the evidence"]
     return []
 
