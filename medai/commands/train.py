@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -87,8 +88,14 @@ def run(args) -> int:
     )
     print(f"training {network} for {args.task} on {len(data.cases)} case(s) from {args.data}", file=sys.stderr)
     start = time.perf_counter()
-    with ProgressBar(f"train {Path(args.output).name}") as bar:
-        result = train(data, args.output, config, callback=lambda e: bar(e.fraction, e.text()))
+    out_existed = Path(args.output).exists()
+    try:
+        with ProgressBar(f"train {Path(args.output).name}") as bar:
+            result = train(data, args.output, config, callback=lambda e: bar(e.fraction, e.text()))
+    except KeyboardInterrupt:  # e.g. while caching the data: no half-made model folder is left behind
+        if not out_existed and not (Path(args.output) / "medai.json").exists():
+            shutil.rmtree(args.output, ignore_errors=True)
+        raise
     minutes = (time.perf_counter() - start) / 60
     print(f"{args.output}: {result.stopped} after {len(result.history)} epoch(s), {minutes:.1f} min, "
           f"{result.samples_per_s:.1f} samples/s; best validation {result.metric_name} "
