@@ -159,8 +159,9 @@ class ClassifyLogic:
         self.last_result: ClassificationResult | None = None
         self.last_output: ClassifyOutput | None = None
 
-    def load(self, model: str | LoadedModel, device: str = "auto") -> LoadedModel:
-        return model if isinstance(model, LoadedModel) else load_model(model, device)
+    def load(self, model: str | LoadedModel, device: str = "auto", trust: bool = False) -> LoadedModel:
+        """``trust``: the caller trusts a model that would run code (see :mod:`medai.models.trust`)."""
+        return model if isinstance(model, LoadedModel) else load_model(model, device, trust=trust)
 
     def read_inputs(self, inputVolumes, region=None) -> tuple[list[Volume], Volume | None]:
         """Main-thread part: the volumes and the region mask as arrays (views of the nodes' voxels); adds no node.
@@ -176,7 +177,7 @@ class ClassifyLogic:
                         progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> ClassificationResult:
         """Off-main-thread part: loads the model and runs it on arrays read by :meth:`read_inputs`; touches no node."""
         start = time.perf_counter()
-        loaded = self.load(model, request.device)
+        loaded = self.load(model, request.device, request.trust)
         load_s = time.perf_counter() - start
         result = run_classification(loaded, volumes, mask, request, progress, cancel)
         result.timings = {"load": load_s, **result.timings}
@@ -222,7 +223,7 @@ class ClassifyLogic:
         """Classify ``inputVolumes`` (a node or a list: channels of one case, or a cohort); returns the output nodes.
 
         ``options``: the fields of :class:`~medai.requests.ClassifyRequest` (device, explain, target_class,
-        method, margin, hotspot_threshold).
+        method, margin, hotspot_threshold, trust: run a model that would run code, e.g. a bundle not from the catalog).
         """
         return self.apply(self.compute(inputVolumes, model, region, progress, cancel, **options))
 
@@ -236,7 +237,7 @@ class ClassifyLogic:
         ``options``: the fields of :class:`~medai.requests.ClassifyRequest` (default here: no explanation).
         """
         request = request_from(ClassifyRequest, {"explain": False, **options})
-        loaded = self.load(model, request.device)
+        loaded = self.load(model, request.device, request.trust)
 
         def run_case(case, step, token):
             return run_classification(loaded, read_cohort_case(case, bridge.volume_from_node), None, request, step, token)
