@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 TORCH_REQUIREMENT = "torch>=2.0"
 # What medai needs besides torch (numpy and SimpleITK ship with Slicer).
-OTHER_REQUIREMENTS = {"monai": "monai>=1.4", "scipy": "scipy", "tqdm": "tqdm", "nibabel": "nibabel"}
+OTHER_REQUIREMENTS = {"monai": "monai>=1.4", "scipy": "scipy", "tqdm": "tqdm", "nibabel": "nibabel",
+                      "cc3d": "connected-components-3d==4.1.1", "fill_voids": "fill-voids==2.1.2"}
 
 
 @dataclass

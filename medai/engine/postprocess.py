@@ -1,4 +1,10 @@
-"""Label post-processing: largest connected component, hole filling, bounding boxes."""
+"""Label post-processing: largest connected component, hole filling, bounding boxes.
+
+Connected components come from ``cc3d`` and hole filling from ``fill_voids`` (the packages deepbet
+uses); both give exactly the masks of ``scipy.ndimage.label`` (full connectivity) and
+``scipy.ndimage.binary_fill_holes`` (face-connected background), several times faster. Each label is
+processed inside its own bounding box, found for all labels in one pass. See docs/performance.md.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +12,47 @@ import numpy as np
 from scipy import ndimage
 
 
+def _require(module: str, package: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"post-processing needs the {package} package ({module}); install it with "
+            f"`python -m pip install {package}` (pinned in requirements.txt)"
+        ) from exc
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 26-connected component of a binary mask (all False stays all False)."""
-    labels, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    """Keep the largest fully connected (26 in 3D, 8 in 2D) component of a binary mask (all False stays all False).
+
+    Ties go to the component met first in C (row-major) order, as with ``scipy.ndimage.label``.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim not in (2, 3):
+        raise ValueError(f"largest_component: expected a 2D or 3D mask, got {mask.ndim} dimensions {mask.shape}")
+    cc3d = _require("cc3d", "connected-components-3d")
+    labels, count = cc3d.connected_components(mask, connectivity=26 if mask.ndim == 3 else 8, return_N=True)
     if count <= 1:
-        return mask.astype(bool)
-    sizes = np.bincount(labels.ravel())
+        return mask.copy()
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
-    return labels == int(sizes.argmax())
+    best = np.flatnonzero(sizes == sizes.max())
+    keep = int(best[0])
+    if best.size > 1:  # equal sizes: the one whose first voxel comes first in C order
+        flat = labels.ravel()
+        keep = int(min(best, key=lambda c: int(np.argmax(flat == c))))
+    return labels == keep
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill cavities fully enclosed by the mask (3D, like deepbet's fill_voids)."""
-    return ndimage.binary_fill_holes(mask)
+    """Fill cavities fully enclosed by the mask (background regions, face-connected, that do not reach the array border)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim not in (2, 3):
+        raise ValueError(f"fill_holes: expected a 2D or 3D mask, got {mask.ndim} dimensions {mask.shape}")
+    fill_voids = _require("fill_voids", "fill-voids")
+    return fill_voids.fill(mask, in_place=False)
 
 
 def bounding_box(mask: np.ndarray, min_fraction: float = 0.0) -> tuple[slice, ...] | None:
@@ -34,17 +68,23 @@ def bounding_box(mask: np.ndarray, min_fraction: float = 0.0) -> tuple[slice, ..
     return tuple(box)
 
 
+def label_boxes(labelmap: np.ndarray, values: list[int]) -> dict[int, tuple[slice, ...]]:
+    """Bounding box of every listed label value present in an integer labelmap, in one pass."""
+    wanted = [v for v in values if v > 0]
+    if not wanted or not np.issubdtype(labelmap.dtype, np.integer):
+        boxes = {v: bounding_box(labelmap == v) for v in values}
+        return {v: b for v, b in boxes.items() if b is not None}
+    found = ndimage.find_objects(labelmap, max_label=max(wanted))
+    return {v: found[v - 1] for v in wanted if found[v - 1] is not None}
+
+
 def postprocess_labelmap(labelmap: np.ndarray, values: list[int], largest: bool, holes: bool) -> np.ndarray:
-    """Apply largest-component and hole filling to each label value of a labelmap."""
+    """Apply largest-component and hole filling to each label value of a labelmap (in order; filled holes take value ``v`` only where 0)."""
     if not (largest or holes):
         return labelmap
     out = labelmap.copy()
-    for value in values:
-        mask = labelmap == value
-        if not mask.any():
-            continue
-        box = bounding_box(mask)
-        sub = mask[box]
+    for value, box in label_boxes(labelmap, values).items():
+        sub = labelmap[box] == value
         if largest:
             sub = largest_component(sub)
         if holes:
