@@ -5,10 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..engine.segment import segment
-from ..io import read_image, suffix_of
-from ..models.loader import load_model
-from ..results import write_segmentation
 from .progressbar import ProgressBar
 
 OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
@@ -24,19 +20,32 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # imported here so that `medai --help` and `medai models` never load torch
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..engine.segment import segment
+    from ..io import read_image, suffix_of
     from ..models import catalog
+    from ..models.loader import load_model
+    from ..results import write_segmentation
 
     out = Path(args.output)
     if suffix_of(out) not in OUTPUT_SUFFIXES:
         raise ValueError(f"output {out}: use one of {', '.join(OUTPUT_SUFFIXES)}")
-    volumes = [read_image(p) for p in args.images]
     start = time.perf_counter()
-    model = load_model(args.model or catalog.default_model_name(), args.device)
+    with ThreadPoolExecutor(1) as pool:  # the model loads while the images are read
+        loading = pool.submit(load_model, args.model or catalog.default_model_name(), args.device)
+        try:
+            volumes = [read_image(p) for p in args.images]
+        except BaseException:
+            loading.cancel()  # a load already under way finishes; its result is dropped
+            raise
+        model = loading.result()
     load_s = time.perf_counter() - start
     with ProgressBar(f"segment {Path(args.images[0]).name}") as bar:
         result = segment(model, volumes, bar)
     write_segmentation(result, out)
-    total = ", ".join(f"{k} {v:.1f}s" for k, v in {"load": load_s, **result.timings}.items())
+    total = ", ".join(f"{k} {v:.1f}s" for k, v in {"read+load": load_s, **result.timings}.items())
     print(f"{out}: {len(result.labels)} label(s) on {result.device} ({total})")
     for row in result.summary():
         print(f"  {row['label']}: {row['voxels']} voxels, {row['volume_ml']:.1f} mL")
