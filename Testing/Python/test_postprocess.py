@@ -128,6 +128,17 @@ def test_random_masks_match_the_reference():
                               ref_postprocess_labelmap(labelmap, [1, 2, 3], True, True)), n
 
 
+def test_many_labels_use_one_find_objects_pass_with_the_same_result():
+    rng = np.random.default_rng(5)
+    smooth = ndimage.gaussian_filter(rng.random((30, 28, 26)), sigma=1.5)
+    labelmap = np.digitize(smooth, np.quantile(smooth, np.linspace(0.2, 0.98, 24))).astype(np.uint8)
+    values = list(range(1, 25)) + [40]
+    assert np.array_equal(postprocess_labelmap(labelmap, values, True, True), ref_postprocess_labelmap(labelmap, values, True, True))
+    boxes = label_boxes(labelmap, values)
+    assert sorted(boxes) == sorted(int(v) for v in np.unique(labelmap) if v > 0)
+    assert all(boxes[v] == ref_bounding_box(labelmap == v) for v in boxes)
+
+
 def test_label_boxes_and_bad_input():
     labelmap = np.zeros((6, 7, 8), np.uint8)
     labelmap[1:3, 2:5, 3:4] = 4
