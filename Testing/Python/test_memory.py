@@ -58,3 +58,65 @@ def test_running_argmax_keeps_the_first_maximum():
     assert running_argmax(iter(values), (4,), 3).tolist() == torch.argmax(values, dim=0).tolist() == [1, 0, 0, 0]
     many = torch.randn(300, 50)
     assert np.array_equal(running_argmax(iter(many), (50,), 300), torch.argmax(many, 0).numpy().astype(np.uint16))
+
+
+@pytest.mark.parametrize("shape", [(7, 9, 11), (105, 6, 5, 4), (3, 33, 17, 29)])
+def test_in_place_softmax_is_bit_identical(shape):
+    from medai.engine.common import softmax_
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 6
+    for dim in range(len(shape)):
+        y = x.clone()
+        assert softmax_(y, dim).data_ptr() == y.data_ptr()
+        assert torch.equal(y, torch.softmax(x, dim=dim)), dim
+        strided = x.clone().transpose(0, -1)  # not contiguous: same values through a copy
+        want = torch.softmax(strided, dim=dim)
+        assert torch.equal(softmax_(strided, dim), want) and not strided.is_contiguous()
+
+
+def bundle_with_a_tiny_network(src, dest, classes: int):
+    """The bundle's own configs (preprocessing, inferer, postprocessing) around a fresh 3x3x3 convolution."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dest)
+    cfg = json.loads((dest / "configs" / "inference.json").read_text())
+    cfg["network_def"] = {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": classes, "kernel_size": 3, "padding": 1}
+    (dest / "configs" / "inference.json").write_text(json.dumps(cfg))
+    torch.manual_seed(0)
+    (dest / "models").mkdir(exist_ok=True)
+    torch.save(torch.nn.Conv3d(1, classes, 3, padding=1).state_dict(), dest / "models" / "model.pt")
+    return dest
+
+
+@pytest.mark.parametrize("name, classes, spacing", [
+    ("spleen_ct_segmentation", 2, (8.0, 8.0, 12.0)),  # network grid >= its 96^3 window: no padding, softmax fully in place
+    ("wholeBody_ct_segmentation", 105, (4.0, 4.0, 5.0)),  # padded window: the output is a strided view, softmax via a copy
+])
+def test_bundle_labels_match_its_own_postprocessing(model_zoo, tmp_path, name, classes, spacing):
+    """MedAI's in-place softmax before the rest of the bundle's chain gives the labels of the bundle's own Compose.
+
+    spleen: softmax, Invertd (linear), argmax; wholeBody: softmax, argmax, Invertd (nearest), 105 classes.
+    """
+    from monai.data import MetaTensor
+
+    from medai.engine.segment import _to_reference_grid
+
+    model = load_model(bundle_with_a_tiny_network(model_zoo / name, tmp_path / name, classes), "cpu")
+    rng = np.random.default_rng(0)
+    arr = rng.normal(100, 30, size=(18, 20, 22)).astype(np.float32)
+    vol = Volume(arr, oblique_affine(spacing=spacing, angles=(0.2, 0.1, 0.3)), name=name)
+    result = segment(model, [vol])
+    parts = model.bundle
+    image = MetaTensor(torch.from_numpy(arr.transpose(2, 1, 0)[None].copy()), affine=torch.as_tensor(vol.ijk_to_ras),
+                       meta={"filename_or_obj": name, "original_affine": torch.as_tensor(vol.ijk_to_ras),
+                             "spatial_shape": np.asarray(vol.shape_ijk), "original_channel_dim": 0, "space": "RAS"})
+    data = parts.preprocessing({parts.image_key: image})
+    with torch.no_grad():
+        pred = parts.inferer(data[parts.image_key][None], model.networks[0])
+    data["pred"] = MetaTensor(torch.as_tensor(pred)[0].float(), affine=data[parts.image_key].affine, meta=dict(data[parts.image_key].meta))
+    data = parts.postprocessing(data)  # the bundle's own chain, softmax included
+    want = np.rint(_to_reference_grid(data["pred"], vol)[0]).astype(result.layers[0].dtype)
+    assert np.array_equal(result.layers[0], want)
+    assert len(np.unique(want)) >= 2
+    assert [type(t).__name__ for t in parts.postprocessing.transforms][0] == "Activationsd"  # the in-place path ran

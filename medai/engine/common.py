@@ -48,6 +48,19 @@ def activation(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
+def softmax_(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.softmax(x, dim)`` written into ``x`` itself: the same kernel and values, without a second tensor of all classes.
+
+    Call under ``torch.inference_mode()`` for tensors made there; Testing/Python/test_memory.py checks
+    the values are bit-identical to ``torch.softmax`` with the installed torch.
+    """
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"softmax_ needs a float32/float64 tensor, got {x.dtype}")
+    if not x.is_contiguous():  # the kernel writes ``out`` as if contiguous: go through a copy
+        return x.copy_(torch.softmax(x, dim))
+    return torch._softmax(x, dim, False, out=x)
+
+
 def autocast(device: torch.device):
     """float16 autocast on CUDA, nothing on the CPU."""
     return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()

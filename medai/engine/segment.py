@@ -23,7 +23,7 @@ from ..models.loader import LoadedModel
 from ..resample import grid_with_spacing, resample_channels
 from ..results import Label, SegmentationResult
 from .common import activation as _activation
-from .common import inference, set_cpu_threads, stack_inputs
+from .common import inference, set_cpu_threads, softmax_, stack_inputs
 from .intensity import apply_intensity
 from .postprocess import bounding_box, largest_component, postprocess_labelmap
 from .progress import CancelToken, Progress, ProgressCallback
@@ -85,13 +85,13 @@ def _run_network(stage: Stage, net: torch.nn.Module, x: torch.Tensor, affine: np
         with inference(device):
             out = net(inp[None].to(device)).float()
         progress.update(1.0)
-        return _activation(out, stage.activation)[0], out_affine
+        return _activate(out, stage.activation)[0], out_affine
     if stage.mode == "whole":
         inp = apply_intensity(x, stage.intensity, stats)
         with inference(device):
             out = net(inp[None].to(device)).float()
         progress.update(1.0)
-        return _activation(out, stage.activation)[0], affine
+        return _activate(out, stage.activation)[0], affine
     # sliding window, optionally at the card's voxel spacing
     from monai.inferers import sliding_window_inference
 
@@ -108,9 +108,13 @@ def _run_network(stage: Stage, net: torch.nn.Module, x: torch.Tensor, affine: np
             x[None], roi_size=roi, sw_batch_size=stage.sw_batch_size, predictor=predictor, overlap=stage.overlap,
             mode="gaussian", sw_device=device, device=torch.device("cpu") if big else device,
         )
-    out = torch.as_tensor(out).float()
+    return _activate(torch.as_tensor(out).float(), stage.activation)[0], work_affine
+
+
+def _activate(out: torch.Tensor, name: str) -> torch.Tensor:
+    """The card's activation over the class axis of a fresh ``(1, N, ...)`` network output; softmax in place."""
     with torch.inference_mode():
-        return _activation(out, stage.activation)[0], work_affine
+        return softmax_(out, 1) if name == "softmax" else _activation(out, name)
 
 
 def _back_to_grid(out: torch.Tensor, out_affine: np.ndarray, stage: Stage, shape: tuple[int, int, int],
@@ -244,6 +248,31 @@ def _to_reference_grid(pred: torch.Tensor, ref: Volume) -> np.ndarray:
     return arr.numpy().transpose(0, 3, 2, 1)
 
 
+def _plain_softmax(step, key: str) -> bool:
+    """Whether ``step`` is ``Activationsd(keys=key, softmax=True)`` and nothing else."""
+    from monai.transforms import Activationsd
+
+    return (type(step) is Activationsd and list(step.keys) == [key] and tuple(step.softmax) == (True,)
+            and tuple(step.sigmoid) == (False,) and tuple(step.other) == (None,)
+            and not step.converter.sigmoid and step.converter.other is None)
+
+
+def run_postprocessing(post, data: dict, key: str = "pred") -> dict:
+    """A bundle's postprocessing Compose on ``data``; a leading softmax ``Activationsd`` runs in place.
+
+    Same values as the bundle's own transform (same torch kernel), but the network-grid output of
+    all classes is not held twice (softmax, then ``AsDiscreted``/``Invertd`` on its copy).
+    """
+    from monai.transforms import Compose
+
+    steps = list(getattr(post, "transforms", []) or [])
+    pred = data.get(key)
+    if type(post) is Compose and steps and _plain_softmax(steps[0], key) and isinstance(pred, torch.Tensor) and pred.dtype == torch.float32:
+        softmax_(pred.as_tensor() if hasattr(pred, "as_tensor") else pred, int(steps[0].converter.kwargs.get("dim", 0)))
+        post = Compose(steps[1:], map_items=post.map_items, unpack_items=post.unpack_items, log_stats=post.log_stats)
+    return post(data)
+
+
 def segment_with_bundle(model: LoadedModel, volumes: list[Volume], progress: Progress) -> SegmentationResult:
     from monai.data import MetaTensor
 
@@ -275,7 +304,7 @@ def segment_with_bundle(model: LoadedModel, volumes: list[Volume], progress: Pro
     with progress.stage("postprocess", 0.15):
         if parts.postprocessing is not None:
             with torch.inference_mode():
-                data = parts.postprocessing(data)
+                data = run_postprocessing(parts.postprocessing, data)
         out = _to_reference_grid(data.pop("pred"), ref)
         labels = list(model.card.labels)
         if out.shape[0] == 1:
