@@ -1,6 +1,6 @@
 """Issue 14 performance: post-processing, MedAI vs deepbet, cold processes, time and peak memory by volume size.
 
-Run: ``.venv/bin/python benchmarks/bench_performance.py [--device cpu] [--quick] [--sizes 256x256x110,512x512x110]
+Run: ``.venv/bin/python benchmarks/bench_performance.py [--device cpu] [--quick | --full] [--sizes 256x256x110,512x512x110]
 [--bundles spleen_ct_segmentation,wholeBody_ct_segmentation]``. Every figure is a ratio against a baseline
 measured in the same run (best of repeats: the machine may be shared); peak memory is the maximum resident set of each process.
 
@@ -177,13 +177,14 @@ def bench_processes(bundles: list[str], sizes: list[tuple[int, int, int]], devic
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="one repeat, smallest size, spleen only")
-    parser.add_argument("--sizes", default=None, help="volume sizes x*y*z, comma separated (default 256x256x110,512x512x110,512x512x300)")
+    parser.add_argument("--quick", action="store_true", help="one repeat, a 128x128x40 image, spleen only")
+    parser.add_argument("--full", action="store_true", help="the issue's three sizes 256x256x110, 512x512x110, 512x512x300 (long on a CPU)")
+    parser.add_argument("--sizes", default=None, help="volume sizes XxYxZ, comma separated (default 256x256x110)")
     parser.add_argument("--bundles", default=None, help="model-zoo bundles (default spleen_ct_segmentation,wholeBody_ct_segmentation)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per process")
     args, _ = parser.parse_known_args()
     repeats = 1 if args.quick else 3
-    sizes_text = args.sizes or ("256x256x110" if args.quick else "256x256x110,512x512x110,512x512x300")
+    sizes_text = args.sizes or ("128x128x40" if args.quick else "256x256x110,512x512x110,512x512x300" if args.full else "256x256x110")
     sizes = [tuple(int(v) for v in s.split("x")) for s in sizes_text.split(",")]
     bundles = (args.bundles or ("spleen_ct_segmentation" if args.quick else "spleen_ct_segmentation,wholeBody_ct_segmentation")).split(",")
     report = {"cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg()}
