@@ -131,6 +131,19 @@ def _timed_process(cmd: list[str], timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def print_process_row(r: dict) -> None:
+    if "skipped" in r:
+        print(f"  skipped: {r['skipped']}", flush=True)
+        return
+    m, b = r["medai"], r["monai_bundle_run"]
+    if "time_ratio" in r:
+        print(f"  {r['bundle']} {r['size']}: medai {m['wall_s']:.1f}s {m['peak_MB']:.0f} MB, monai.bundle run {b['wall_s']:.1f}s {b['peak_MB']:.0f} MB; "
+              f"time {r['time_ratio']:.2f}x, memory {r['memory_ratio']:.2f}x; identical labels: {r['identical']}", flush=True)
+    else:
+        print(f"  {r['bundle']} {r['size']}: failed: medai rc {m.get('rc')} {m.get('err', '')[-300:]!r}; "
+              f"monai rc {b.get('rc')} {b.get('err', '')[-300:]!r}", flush=True)
+
+
 def bench_processes(bundles: list[str], sizes: list[tuple[int, int, int]], device: str, timeout: float) -> list[dict]:
     """Cold ``medai segment`` vs cold ``python -m monai.bundle run``: same bundle, same image, same thread count."""
     import SimpleITK as sitk
@@ -169,8 +182,8 @@ def bench_processes(bundles: list[str], sizes: list[tuple[int, int, int]], devic
                     row["time_ratio"] = row["monai_bundle_run"]["wall_s"] / row["medai"]["wall_s"]
                     row["memory_ratio"] = row["monai_bundle_run"]["peak_MB"] / row["medai"]["peak_MB"]
                 rows.append(row)
-                for p in (ours_path,):
-                    p.unlink(missing_ok=True)
+                print_process_row(row)  # as it comes: the large sizes take long on a CPU
+                ours_path.unlink(missing_ok=True)
     return rows
 
 
@@ -182,6 +195,7 @@ def main() -> int:
     parser.add_argument("--sizes", default=None, help="volume sizes XxYxZ, comma separated (default 256x256x110)")
     parser.add_argument("--bundles", default=None, help="model-zoo bundles (default spleen_ct_segmentation,wholeBody_ct_segmentation)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per process")
+    parser.add_argument("--parts", default="postprocess,deepbet,processes", help="which sections to run, comma separated")
     args, _ = parser.parse_known_args()
     repeats = 1 if args.quick else 3
     sizes_text = args.sizes or ("128x128x40" if args.quick else "256x256x110,512x512x110,512x512x300" if args.full else "256x256x110")
@@ -189,31 +203,22 @@ def main() -> int:
     bundles = (args.bundles or ("spleen_ct_segmentation" if args.quick else "spleen_ct_segmentation,wholeBody_ct_segmentation")).split(",")
     report = {"cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg()}
 
-    report["postprocess"] = bench_postprocess(repeats)
+    parts = set(args.parts.split(","))
+    report["postprocess"] = bench_postprocess(repeats) if "postprocess" in parts else []
     print("Post-processing (largest component + hole filling): cc3d/fill_voids now vs scipy.ndimage before")
     for r in report["postprocess"]:
         print(f"  {r['case']}: now {r['now_s']:.3f}s, before {r['scipy_before_s']:.3f}s, {r['speedup']:.1f}x faster, identical: {r['identical']}")
 
-    report["deepbet"] = d = bench_deepbet(args.device, repeats)
+    report["deepbet"] = d = bench_deepbet(args.device, repeats) if "deepbet" in parts else {"skipped": "not asked for (--parts)"}
     print("Warm brain extraction, MedAI vs deepbet's own pipeline (goal >= 1.3x)")
     if "skipped" in d:
-        print(f"  skipped: {d['skipped']}")
+        print(f"  skipped: {d['skipped']}", flush=True)
     else:
         print(f"  {d['case']} on {d['device']} ({d['threads']} threads): medai {d['medai_s']:.2f}s (post-processing {d['medai_postprocess_s']:.2f}s), "
               f"deepbet {d['deepbet_s']:.2f}s, {d['speedup']:.2f}x; identical masks: {d['identical']} ({d['differing_voxels']} voxels differ, Dice {d['dice']:.5f})")
 
-    report["processes"] = bench_processes(bundles, sizes, args.device, args.timeout)
-    print("Cold processes: medai segment vs python -m monai.bundle run (goal >= 1.5x), fresh weights, CT-like image 0.8x0.8x2.5 mm")
-    for r in report["processes"]:
-        if "skipped" in r:
-            print(f"  skipped: {r['skipped']}")
-            continue
-        m, b = r["medai"], r["monai_bundle_run"]
-        if "time_ratio" in r:
-            print(f"  {r['bundle']} {r['size']}: medai {m['wall_s']:.1f}s {m['peak_MB']:.0f} MB, monai.bundle run {b['wall_s']:.1f}s {b['peak_MB']:.0f} MB; "
-                  f"time {r['time_ratio']:.2f}x, memory {r['memory_ratio']:.2f}x; identical labels: {r['identical']}")
-        else:
-            print(f"  {r['bundle']} {r['size']}: failed: medai rc {m.get('rc')} {m.get('err', '')[-300:]!r}; monai rc {b.get('rc')} {b.get('err', '')[-300:]!r}")
+    print("Cold processes: medai segment vs python -m monai.bundle run (goal >= 1.5x), fresh weights, CT-like image 0.8x0.8x2.5 mm", flush=True)
+    report["processes"] = bench_processes(bundles, sizes, args.device, args.timeout) if "processes" in parts else []
     print(json.dumps(report))
     return 0
 
