@@ -175,7 +175,7 @@ def _discretize_on_grid(out: torch.Tensor, out_affine: np.ndarray, stage: Stage,
 
 
 def running_argmax(channels, shape: tuple[int, ...], n: int) -> np.ndarray:
-    """``argmax`` over ``n`` channels given one at a time (first maximum wins, as ``torch.argmax``)."""
+    """``argmax`` over ``n`` channels given one at a time (first maximum wins, as ``torch.argmax``; NaN never wins)."""
     labels = torch.zeros(shape, dtype=torch.uint8 if n < 256 else torch.int16)
     best = None
     for c, values in enumerate(channels):
