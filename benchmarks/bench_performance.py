@@ -10,6 +10,8 @@ measured in the same run (best of repeats: the machine may be shared); peak memo
   pandas``; deepbet is a benchmark baseline only, never a MedAI dependency);
 * cold processes: ``medai segment`` vs ``python -m monai.bundle run`` on the same bundle (fresh weights, from
   ../shared/fixtures/model-zoo) and the same image, at each size: wall time, peak memory, identical labels.
+  ``monai.bundle run`` needs ``fire`` and ``pytorch-ignite`` (benchmark baselines only: ``pip install fire==0.7.1
+  pytorch-ignite==0.5.3``); skipped with a message without them.
 """
 
 from __future__ import annotations
@@ -148,8 +150,13 @@ def bench_processes(bundles: list[str], sizes: list[tuple[int, int, int]], devic
     """Cold ``medai segment`` vs cold ``python -m monai.bundle run``: same bundle, same image, same thread count."""
     import SimpleITK as sitk
 
+    import importlib.util
+
     if not MODEL_ZOO.is_dir():
         return [{"skipped": f"model-zoo fixtures not found at {MODEL_ZOO}"}]
+    missing = [m for m in ("fire", "ignite") if importlib.util.find_spec(m) is None]
+    if missing:
+        return [{"skipped": f"python -m monai.bundle run needs {', '.join(missing)}: pip install fire==0.7.1 pytorch-ignite==0.5.3"}]
     rows = []
     env_device = "cpu" if device == "auto" else device
     with tempfile.TemporaryDirectory() as tmp:
