@@ -102,7 +102,7 @@ def test_bundle_labels_match_its_own_postprocessing(model_zoo, tmp_path, name, c
 
     from medai.engine.segment import _to_reference_grid
 
-    model = load_model(bundle_with_a_tiny_network(model_zoo / name, tmp_path / name, classes), "cpu")
+    model = load_model(bundle_with_a_tiny_network(model_zoo / name, tmp_path / name, classes), "cpu", trust=True)
     rng = np.random.default_rng(0)
     arr = rng.normal(100, 30, size=(18, 20, 22)).astype(np.float32)
     vol = Volume(arr, oblique_affine(spacing=spacing, angles=(0.2, 0.1, 0.3)), name=name)
