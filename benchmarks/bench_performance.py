@@ -168,7 +168,7 @@ def bench_processes(bundles: list[str], sizes: list[tuple[int, int, int]], devic
                 if not image.exists():
                     _write_ct(image, size, (0.8, 0.8, 2.5))
                 ours_path = tmp / f"{name}_medai.nii.gz"
-                medai_cmd = [sys.executable, "-m", "medai.cli", "segment", str(image), "-m", str(folder), "-o", str(ours_path), "--device", env_device]
+                medai_cmd = [sys.executable, "-m", "medai.cli", "segment", str(image), "-m", str(folder), "-o", str(ours_path), "--device", env_device, "--trust"]
                 out_dir = tmp / f"{name}_monai"
                 monai_cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(folder / "configs" / "inference.json"),
                              "--meta_file", str(folder / "configs" / "metadata.json"), "--bundle_root", str(folder),
