@@ -349,4 +349,4 @@ def result_warnings(result: SegmentationResult, model: LoadedModel) -> list[str]
     counts = np.bincount(result.layers[0].ravel().astype(np.int64))
     volumes = {lab.value: (lab.name, float(counts[lab.value] if lab.value < len(counts) else 0) * result.reference.voxel_volume_ml)
                for lab in result.labels}
-    return plausibility_warnings(model.card.raw, volumes, model.name)
+    return plausibility_warnings(model.card.expected_volume_ml, volumes, model.name)
