@@ -2,7 +2,8 @@
 
 Two kinds of source, both real code paths:
 
-* ``{"url": "https://.../file", "sha256": ...}``: an HTTP(S) or ``file://`` download.
+* ``{"url": "https://.../file", "sha256": ...}``: an HTTP(S) or ``file://`` download (or ``"md5"`` where
+  the publisher gives only an MD5, as MedMNIST does).
 * ``{"pypi": "deepbet==1.0.2", "sha256": <wheel sha256>, "members": {...}}``: a wheel fetched with
   ``pip download --no-deps``, checked, and the listed members extracted from it.
 
@@ -36,12 +37,18 @@ def cache_dir() -> Path:
     return root
 
 
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_of(path: str | Path, chunk: int = 1 << 20, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_md5(path: Path, expected: str | None, what: str) -> None:
+    """Raise when ``path`` does not hash to the MD5 ``expected`` (for data sets that publish MD5s only, e.g. MedMNIST)."""
+    if expected and sha256_of(path, algorithm="md5") != expected.lower():
+        raise FetchError(f"{what}: {path} has the wrong MD5 (expected {expected}); delete it and fetch again")
 
 
 _VERIFIED: set[tuple[str, int, int, str]] = set()  # (path, size, mtime, sha256) already checked in this process
@@ -72,7 +79,9 @@ def safe_extract_member(archive: zipfile.ZipFile, member: str, dest: Path) -> Pa
     return dest
 
 
-def _download_url(url: str, dest: Path, progress: Callable[[float], None] | None) -> None:
+def _download_url(url: str, dest: Path, progress: Callable[[float], None] | None, md5: str | None = None) -> None:
+    """Download ``url`` to ``dest`` through a ``.partial`` file; with ``md5``, a download that does not match is
+    deleted and refused before it takes ``dest``'s name."""
     tmp = dest.with_name(dest.name + ".partial")
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -87,6 +96,13 @@ def _download_url(url: str, dest: Path, progress: Callable[[float], None] | None
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise FetchError(f"cannot download {url} ({exc}); download it by hand and put it at {dest}") from exc
+    if md5:
+        try:
+            check_md5(tmp, md5, url)
+        except FetchError:
+            tmp.unlink(missing_ok=True)
+            raise FetchError(f"{url}: the download has the wrong MD5 (expected {md5}); refused, nothing kept. "
+                             "The server (or a mirror) serves a different file; try again later or another mirror") from None
     os.replace(tmp, dest)
 
 
@@ -136,8 +152,9 @@ def fetch_source(source: dict, dest_dir: Path, what: str, progress: Callable[[fl
         name = source.get("file") or Path(urllib.request.url2pathname(url.split("?")[0])).name
         target = dest_dir / name
         if not target.exists():
-            _download_url(url, target, progress)
+            _download_url(url, target, progress, source.get("md5"))
         check_sha256(target, source.get("sha256"), what)
+        check_md5(target, source.get("md5"), what)
         return {name: target}
     if "path" in source:
         path = Path(os.path.expanduser(source["path"]))
