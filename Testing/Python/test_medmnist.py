@@ -182,3 +182,22 @@ def test_untrained_recipe_model_says_how_to_train_it(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDAI_HOME", str(tmp_path))
     with pytest.raises(Exception, match="medai train --recipe pneumonia"):
         load_model("pneumonia", "cpu")
+
+
+def test_recipe_trains_through_the_slicer_bridge_off_the_main_thread(mirror, tmp_path):
+    """The Train section's recipe button path: TrainRunner with a RecipeSource (data fetched on the worker),
+    chart and table in the scene, the model registered."""
+    from medai.slicer.headless import make_headless_slicer
+    from medai.slicer.jobs import TrainRunner
+    from medai.training import recipes
+
+    scene = make_headless_slicer()
+    folder, requests = mirror
+    recipe = recipes.get("pneumonia")
+    config = recipes.config(recipe, {"epochs": 1, "batch_size": 8, "device": "cpu", "evaluate_test": False})
+    registered: list[str] = []
+    out = TrainRunner().train(recipes.RecipeSource("pneumonia"), recipes.output_folder(recipe), config,
+                              register=registered.append)
+    assert requests == ["/pneumoniamnist_64.npz"]
+    assert registered == [str(out.model_dir)] and (out.model_dir / "medai.json").exists()
+    assert out.chart.GetScene() is scene and out.table.GetNumberOfRows() == 1

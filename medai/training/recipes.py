@@ -9,6 +9,7 @@ and the Classify panel use it as soon as training ends.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +39,26 @@ def config(recipe: dict, overrides: dict | None = None) -> TrainConfig:
     if unknown:
         raise DataError(f"recipe {recipe['name']}: unknown training settings {', '.join(unknown)}")
     return TrainConfig(**settings)
+
+
+@dataclass
+class RecipeSource:
+    """A recipe's data as a training source for the Slicer bridge (:class:`medai.slicer.jobs.TrainJob`):
+    fetched and read on the worker thread, so a download never blocks the GUI."""
+
+    name: str
+    data: str | None = None  # another data spec than the recipe's (a mirror's file, a smaller size)
+
+    @property
+    def recipe(self) -> dict:
+        return get(self.name)
+
+    @property
+    def task(self) -> str:
+        return self.recipe.get("task", "classification")
+
+    def load(self) -> TrainingData:
+        return discover(self.data or self.recipe["data"], self.task)
 
 
 def output_folder(recipe: dict) -> Path:
