@@ -72,6 +72,8 @@ SUBSTITUTIONS = [
     (r"(?<![\w/.-])deepbet-brain(?![\w-])", "{tiny_card}",
      "the default model's 128^3 + 256^3 networks take minutes on CPU; a tiny UNet card stands in"),
     (r"--epochs \d+", "--epochs 1 --steps-per-epoch 1", "one short epoch instead of a real training run"),
+    (r"--network densenet121", "--network resnet",
+     "a DenseNet121 step takes about a minute on 2 loaded CPU cores; both networks come from the same network_config (medai/training/networks.py)"),
     (r"--roi 96,96,96", "--roi 16,16,16", "small patches for the tiny sandbox volumes"),
     (r"--roi 64,64,64", "--roi 32,32,32", "small inputs for the tiny sandbox volumes"),
     (r"--roi 224,224", "--roi 32,32", "small inputs for the tiny sandbox images"),
