@@ -284,7 +284,13 @@ def _skip_reason(block: Block) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"{b.file}:{b.line}" for b in BLOCKS])
+def _param(block: Block):
+    """Blocks that train (several short runs each) are marked slow: minutes on 2 loaded CPU cores."""
+    slow = re.search(r"medai train ", block.text) is not None
+    return pytest.param(block, id=f"{block.file}:{block.line}", marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("block", [_param(b) for b in BLOCKS])
 def test_documented_example_runs(block: Block, sandbox):
     reason = _skip_reason(block)
     if reason:
