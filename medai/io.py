@@ -94,6 +94,10 @@ def read_image(path: str | os.PathLike, series: str | None = None) -> Volume:
 
         return read_dicom(path, series)
     else:
+        from .radiograph import is_radiograph, read_radiograph
+
+        if is_radiograph(path):  # PNG, JPEG, single DICOM file: photometric interpretation and pixel spacing honoured
+            return read_radiograph(path)
         for suffix in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr"):
             if name.lower().endswith(suffix):
                 name = name[: -len(suffix)]
