@@ -56,6 +56,22 @@ def is_radiograph(path: str | Path) -> bool:
     return not name.endswith(OTHER_IMAGE_SUFFIXES) and is_dicom_file(path)
 
 
+def is_projection_dicom(path: str | Path) -> bool:
+    """A single DICOM file holding a projection radiograph (CR, DX, MG...): no slice orientation, one frame.
+
+    Such files are read here (photometric interpretation, pixel spacing); slices and series go to
+    :mod:`medai.dicom.series`.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:  # not readable as DICOM: the series reader gives the error
+        return False
+    return ("Rows" in ds and "ImageOrientationPatient" not in ds and "SharedFunctionalGroupsSequence" not in ds
+            and int(ds.get("NumberOfFrames", 1) or 1) == 1)
+
+
 def _tag(reader: sitk.ImageFileReader, key: str) -> str | None:
     return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) and reader.GetMetaData(key).strip() else None
 
