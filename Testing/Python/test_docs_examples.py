@@ -56,11 +56,27 @@ SKIP_BLOCKS = {
         "runs inside the Slicer application (module logic, the reader's nodes); tested headless in test_module_classify_jobs.py",
     ("docs/slicer.md", "from medai.slicer.segment_logic import SegmentLogic"):
         "a fragment on the reader's nodes (volume, model, roiNode); the runners are tested in test_module_jobs.py / test_module_classify_jobs.py",
+    ("docs/dicom.md", "from medai.slicer.dicom_export import export_dicom_seg"):
+        "a fragment on the reader's nodes (segmentationNode, loadedModel) and DICOM database; tested headless in test_dicom_slicer.py",
+    ("docs/batch.md", "from medai.batch import run_batch"):
+        "a fragment on the reader's nodes (node1, t1Node, ...); run_batch and both cohort APIs are tested in test_batch.py",
     ("docs/slicer.md", "from medai.slicer import panel"):
         "a fragment on the reader's scene (segmentations, tableNode, /data folders); tested in test_module_train_jobs.py",
 }
 # (file, start of a line inside a block that runs) -> why that one line is not run
 SKIP_LINES = {
+    ("README.md", ".venv/bin/medai classify CT_SERIES/ -m model.json"):
+        "needs a 3D classifier for CT; classify --sr is tested in test_dicom_cli.py",
+    ("docs/dicom.md", "medai segment CT_SERIES/ -m my_model"): "my_model is a placeholder; LABELMAP SEG is tested in test_dicom_io.py",
+    ("docs/dicom.md", "medai classify CT_SERIES/ -m my_classifier"): "my_classifier is a placeholder; classify --sr is tested in test_dicom_cli.py",
+    ("docs/dicom.md", "medai segment STUDY_FOLDER/ --series"): "a placeholder folder and UID; --series is tested in test_dicom_io.py",
+    ("docs/dicom.md", "medai evaluate --pred brain.nii.gz --ref reference_seg.dcm"):
+        "a placeholder reference SEG; evaluation against a SEG is tested in test_dicom_cli.py",
+    ("docs/batch.md", ".venv/bin/medai batch studies/ -m my-classifier.json"): "a placeholder classifier; --task classify is tested in test_batch.py",
+    ("docs/batch.md", ".venv/bin/medai batch studies/ -m deepbet-brain -o out/ --workers 4"):
+        "four processes each loading torch (minutes on 2 loaded cores); --workers 2 is tested in test_batch.py",
+    ("docs/batch.md", ".venv/bin/medai batch studies/ -m deepbet-brain -o out/ --ray auto"):
+        "needs a running Ray cluster; a local Ray instance is tested in test_batch.py",
     ("README.md", ".venv/bin/medai demo -o out"):
         "runs the 256^3 deepbet networks on the 1 mm MNI152 (minutes on CPU); test_default_model.py runs the demo",
     ("README.md", ".venv/bin/medai classify ct1.nii.gz ct2.nii.gz --model model.onnx"):
@@ -205,7 +221,7 @@ def _make_sandbox(root: Path) -> dict:
         write_volume(vol, root / "patches" / f"p{n}.nii.gz")
         rows3.append({"image": f"patches/p{n}.nii.gz", "label": cls, "split": split})
         rowsm.append({"image": f"patches/p{n}.nii.gz", "label": "a;b" if n % 3 == 0 else ("a" if n % 2 else "b"), "split": split})
-        pic = np.full((40, 40), 50, np.uint8)
+        pic = np.random.default_rng(n).integers(40, 60, (40, 40)).astype(np.uint8)  # noise: a constant image is refused
         if n % 2:
             pic[10:30, 5:20] = 200
         Image.fromarray(pic).save(root / "xr" / f"x{n}.png") if (root / "xr").is_dir() else ((root / "xr").mkdir(),
@@ -227,6 +243,12 @@ def _make_sandbox(root: Path) -> dict:
     from test_radiograph import write_dicom
 
     write_dicom(root / "chest.dcm", chest.astype(np.uint16))
+    from dicom_helpers import write_series
+
+    write_series(img, root / "CT_SERIES")  # a DICOM series folder (README, docs/dicom.md)
+    for n in range(2):  # a cohort folder (medai batch)
+        write_volume(_volume(seed=40 + n)[0], root / "studies" / f"case{n}.nii.gz")
+    (root / "cohort.csv").write_text("case,image,image2,image3\nc1,t1.nrrd,t2.nrrd,flair.nrrd\n")  # my_bundle takes 3 channels
     return {"tiny_card": str(tiny_card)}
 
 
