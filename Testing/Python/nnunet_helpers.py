@@ -22,7 +22,7 @@ ARCH = {
 }
 
 
-def plans(spacing=(2.0, 1.5, 1.5), patch=(8, 16, 16), transpose=(0, 1, 2)) -> dict:
+def plans(spacing=(2.0, 1.5, 1.5), patch=(16, 16, 16), transpose=(0, 1, 2)) -> dict:
     """A valid plans.json for one tiny 3d_fullres configuration (nnU-Net's own keys, z-score normalisation)."""
     backward = [int(i) for i in np.argsort(transpose)]
     return {
