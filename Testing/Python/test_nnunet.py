@@ -195,3 +195,25 @@ def test_pins_match_requirements_file():
     listed = [line.strip() for line in (REPO / "requirements-nnunet.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")]
     assert listed == list(nn_format.NNUNET_REQUIREMENTS)
+
+
+@pytest.mark.parametrize("packaging", [True, False])
+def test_slicer_installs_the_nnunet_set_with_no_deps_and_never_torch(packaging):
+    from slicer_python import slicer_python
+    from test_module_dependencies import confirm, record
+
+    with slicer_python(packaging=packaging) as slicer:
+        from MedAILib import dependencies as deps
+
+        plan = deps.plan_install(find_spec=lambda m: None if m == "nnunetv2" else object(), optional=("nnunet",))
+        assert not plan.torch and plan.others == [] and plan.no_deps == list(nn_format.NNUNET_REQUIREMENTS)
+        assert not deps.plan_install(find_spec=lambda m: object(), optional=("nnunet",)).needed
+        calls, asked = [], []
+        if packaging:
+            sys.modules["slicer.packaging"].pip_install = record(calls, "packaging.pip_install")
+        slicer.util.pip_install = record(calls, "util.pip_install")
+        slicer.util.confirmOkCancelDisplay = confirm(asked)
+        deps.ensure_dependencies(plan=plan)
+        assert calls == [("util.pip_install", ["--no-deps", *nn_format.NNUNET_REQUIREMENTS], {})]
+        assert "nnunetv2==2.8.1" in asked[0]
+        assert not any(r.split("==")[0].lower() in ("torch", "simpleitk", "numpy") for r in calls[0][1][1:])
