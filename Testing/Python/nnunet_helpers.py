@@ -22,11 +22,11 @@ ARCH = {
 }
 
 
-def plans(spacing=(2.0, 1.5, 1.5), patch=(16, 16, 16), transpose=(0, 1, 2)) -> dict:
+def plans(spacing=(2.0, 1.5, 1.5), patch=(16, 16, 16), transpose=(0, 1, 2), reader: str = "SimpleITKIO") -> dict:
     """A valid plans.json for one tiny 3d_fullres configuration (nnU-Net's own keys, z-score normalisation)."""
     backward = [int(i) for i in np.argsort(transpose)]
     return {
-        "dataset_name": "Dataset999_Tiny", "plans_name": PLANS, "image_reader_writer": "SimpleITKIO",
+        "dataset_name": "Dataset999_Tiny", "plans_name": PLANS, "image_reader_writer": reader,
         "original_median_spacing_after_transp": list(spacing), "original_median_shape_after_transp": [16, 24, 24],
         "transpose_forward": list(transpose), "transpose_backward": backward,
         "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
@@ -47,7 +47,8 @@ def plans(spacing=(2.0, 1.5, 1.5), patch=(16, 16, 16), transpose=(0, 1, 2)) -> d
     }
 
 
-def make_result_folder(root: Path, labels: dict | None = None, folds=(0,), regions: list | None = None, seed: int = 0) -> Path:
+def make_result_folder(root: Path, labels: dict | None = None, folds=(0,), regions: list | None = None, seed: int = 0,
+                       **plan_args) -> Path:
     """``root/Dataset999_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres`` with fresh weights of the planned network per fold."""
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -55,7 +56,7 @@ def make_result_folder(root: Path, labels: dict | None = None, folds=(0,), regio
     labels = labels or {"background": 0, "left": 1, "right": 2}
     folder = root / "Dataset999_Tiny" / f"{TRAINER}__{PLANS}__{CONFIG}"
     folder.mkdir(parents=True)
-    p = plans()
+    p = plans(**plan_args)
     (folder / "plans.json").write_text(json.dumps(p))
     dataset = {"channel_names": {"0": "T1"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}
     if regions:

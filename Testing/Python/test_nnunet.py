@@ -44,7 +44,8 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnunet")
     plain = make_result_folder(root / "plain", folds=(0, 1))
     regions = make_result_folder(root / "regions", labels={"background": 0, "whole": [1, 2], "core": [2]}, regions=[1, 2])
-    return {"plain": plain, "regions": regions, "root": root}
+    reorient = make_result_folder(root / "reorient", reader="NibabelIOWithReorient", transpose=(2, 0, 1), seed=3)
+    return {"plain": plain, "regions": regions, "reorient": reorient, "root": root}
 
 
 @pytest.fixture
@@ -84,6 +85,23 @@ def test_result_equals_nnunet_predict_from_files(models, trust, tmp_path, case):
     assert len(np.unique(expected)) > 1, "the test network must give more than one label"
     np.testing.assert_array_equal(result.layers[0], expected)
     assert [lab.name for lab in result.labels] == ["left", "right"]
+
+
+@needs_nnunet
+def test_nibabel_reorient_reader_and_plans_transpose(models, trust, tmp_path):
+    """Plans with NibabelIOWithReorient (voxels turned to the closest RAS first) and a transpose_forward."""
+    from medai.models.loader import load_model
+
+    affine = oblique_affine(spacing=(1.4, 1.6, 2.2))  # LPS-ish, rotated, flipped: far from RAS voxel order
+    image = write_volume(Volume(blob_image(seed=2), affine, "case"), tmp_path / "case_0000.nii.gz")
+    model = load_model(models["reorient"], "cpu")
+    nn_format.configure(model, use_mirroring=False)
+    volume = read_image(image)
+    result = segment(model, [volume])
+    expected = nnunet_reference(models["reorient"], image, tmp_path, [0], False)
+    assert result.layers[0].shape == volume.array.shape
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(result.layers[0], expected)
 
 
 @needs_nnunet
