@@ -144,6 +144,7 @@ def test_recognised_as_folder_dataset_folder_and_zip(models, trust, tmp_path):
     for path in (plain, plain.parent, archive):
         assert format_for(path).name == "nnunet"
     assert nn_format.result_folder(plain.parent) == plain
+    assert [nn_format.input_names(p) for p in (plain, plain.parent, archive, tmp_path)] == [["T1"], ["T1"], ["T1"], []]
     extracted = nn_format.result_folder(archive)
     assert extracted.name == plain.name and (extracted / "fold_1" / "checkpoint_final.pth").read_bytes() == \
         (plain / "fold_1" / "checkpoint_final.pth").read_bytes()

@@ -116,6 +116,25 @@ def result_folder(path: Path) -> Path:
     return path / _one(result_dirs(_folder_names(path)), path)
 
 
+def input_names(path: Path) -> list[str]:
+    """The model's input channel names from dataset.json's ``channel_names`` (torch-free, nothing unpacked).
+
+    For input selectors before loading; empty when ``path`` holds no single readable result folder.
+    """
+    path = Path(path)
+    try:
+        if path.is_file():
+            with zipfile.ZipFile(path) as archive:
+                inner = _one(result_dirs(zip_names(path)), path)
+                dataset = json.loads(archive.read("/".join(filter(None, [inner, "dataset.json"]))))
+        else:
+            dataset = read_json(path / _one(result_dirs(_folder_names(path)), path) / "dataset.json")
+    except (ModelLoadError, OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    channels = dataset.get("channel_names") or dataset.get("modality") or {}
+    return [str(channels[k]) for k in sorted(channels, key=int)] if isinstance(channels, dict) else []
+
+
 # --- labels, options, trust ----------------------------------------------------------------------------
 
 
@@ -216,7 +235,7 @@ def make_predictor(folder: Path, options: dict, device: torch.device) -> Any:
     if not trusted(options):
         raise ModelLoadError(
             f"{checkpoints[0]}: an nnU-Net checkpoint is read with full pickle (torch.load weights_only=False), which can run "
-            f"any code it holds. Load it only from a source you trust: pass --trust, set {TRUST_ENV}=1, or put "
+            f"any code it holds. Load it only from a source you trust: set {TRUST_ENV}=1 (or pass --trust where the command offers it), or put "
             f'{{"trusted": true}} into {folder / OPTIONS_FILE}')
     dev = _device(options, device)
     predictor = nnUNetPredictor(tile_step_size=float(options["tile_step_size"]), use_gaussian=True,
@@ -308,8 +327,7 @@ class NNUNetFormat(ModelFormat):
         labels, regions = dataset_labels(dataset, str(folder))
         opts = read_options(folder, options)
         predictor = make_predictor(folder, opts, device)
-        channels = dataset.get("channel_names") or dataset.get("modality") or {"0": "image"}
-        inputs = [{"name": str(channels[k]), "modality": str(channels[k])} for k in sorted(channels, key=int)]
+        inputs = [{"name": n, "modality": n} for n in input_names(folder)] or [{"name": "image", "modality": ""}]
         name = plans.get("dataset_name") or folder.parent.name
         card = ModelCard(
             name=f"{name}/{folder.name}", task="segmentation", stages=[], labels=labels, inputs=inputs, root=folder,
