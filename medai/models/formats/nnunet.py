@@ -287,17 +287,16 @@ def nnunet_input(volumes: list[Volume], reader: str) -> tuple[np.ndarray, dict, 
         if v.num_components != 1:
             raise ModelLoadError(f"{v.name}: nnU-Net takes scalar volumes, one per input channel; this one has {v.num_components} components")
         channels.append((v if same_grid(v, ref) else resample_volume_to(v, ref)).array)
-    affine = ref.ijk_to_ras
-
-    def back(seg: np.ndarray) -> np.ndarray:
-        return seg
-
+    affine, undo = ref.ijk_to_ras, None
     if reader == "NibabelIOWithReorient":
         ijk, affine, undo = reorient_to_ras(np.stack([to_ijk_array(ref.with_array(c))[0] for c in channels]), ref.ijk_to_ras)
         channels = list(ijk.transpose(0, 3, 2, 1))
 
-        def back(seg: np.ndarray) -> np.ndarray:  # noqa: F811 - [z, y, x] on the RAS grid -> [k, j, i]
-            return np.ascontiguousarray(undo(seg.transpose(2, 1, 0)[None])[0].transpose(2, 1, 0))
+    def back(seg: np.ndarray) -> np.ndarray:
+        """[z, y, x] on nnU-Net's grid -> [k, j, i] on the first volume's (the same array unless reoriented)."""
+        if undo is None:
+            return seg
+        return np.ascontiguousarray(undo(seg.transpose(2, 1, 0)[None])[0].transpose(2, 1, 0))
 
     spacing = [float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)[::-1]]
     return np.stack([np.asarray(c, dtype=np.float32) for c in channels]), {"spacing": spacing}, back
