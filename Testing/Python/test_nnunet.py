@@ -188,6 +188,18 @@ def test_cli_segment_with_an_nnunet_folder(models, trust, tmp_path, capsys):
         (models["plain"] / nn_format.OPTIONS_FILE).unlink()
     out = capsys.readouterr().out
     assert "left" in out and (tmp_path / "out.seg.nrrd").exists()
+    assert "found the following folds" not in out and "perform_everything_on_device" not in out  # nnU-Net's prints: logged
+
+
+@needs_nnunet
+def test_a_missing_fold_is_a_clear_error(models, trust):
+    from medai.models.loader import load_model
+
+    model = load_model(models["plain"], "cpu")
+    with pytest.raises(ModelLoadError, match="check the folds option"):
+        nn_format.configure(model, folds=[3])
+    with pytest.raises(ModelLoadError, match="unknown nnU-Net option"):
+        nn_format.configure(model, fold=0)
 
 
 def test_missing_nnunetv2_says_how_to_install(tmp_path):

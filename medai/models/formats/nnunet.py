@@ -18,7 +18,10 @@ they are loaded only when trusted (:func:`trusted`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import re
 import zipfile
@@ -61,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "device": None,  # None: the device the model was loaded on; or "cpu", "cuda:N", "mps"
     "trusted": False,  # full pickle loading of the checkpoints allowed (see trusted())
 }
+log = logging.getLogger(__name__)
 _FOLD = re.compile(r"^fold_(\d+|all)$")
 
 
@@ -238,18 +242,24 @@ def make_predictor(folder: Path, options: dict, device: torch.device) -> Any:
             f"any code it holds. Load it only from a source you trust: set {TRUST_ENV}=1 (or pass --trust where the command offers it), or put "
             f'{{"trusted": true}} into {folder / OPTIONS_FILE}')
     dev = _device(options, device)
-    predictor = nnUNetPredictor(tile_step_size=float(options["tile_step_size"]), use_gaussian=True,
-                                use_mirroring=bool(options["use_mirroring"]),
-                                perform_everything_on_device=dev.type == "cuda", device=dev,
-                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     folds = options["folds"]
     folds = tuple(f if f == "all" else int(f) for f in ([folds] if isinstance(folds, (int, str)) else folds)) if folds is not None else None
+    said = io.StringIO()
     try:
-        predictor.initialize_from_trained_model_folder(str(folder), folds, options["checkpoint"])
+        # nnU-Net prints its device choice and the folds it found: they go to the log instead of stdout
+        with contextlib.redirect_stdout(said):
+            predictor = nnUNetPredictor(tile_step_size=float(options["tile_step_size"]), use_gaussian=True,
+                                        use_mirroring=bool(options["use_mirroring"]),
+                                        perform_everything_on_device=dev.type == "cuda", device=dev,
+                                        verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+            predictor.initialize_from_trained_model_folder(str(folder), folds, options["checkpoint"])
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{folder}: {exc.strerror or exc}: {exc.filename}; check the folds option") from exc
     except Exception as exc:
         raise ModelLoadError(f"{folder}: nnU-Net cannot initialise this model ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from exc
+    finally:
+        if said.getvalue().strip():
+            log.info("nnU-Net: %s", " ".join(said.getvalue().split()))
     return predictor
 
 
