@@ -48,7 +48,7 @@ def plans(spacing=(2.0, 1.5, 1.5), patch=(16, 16, 16), transpose=(0, 1, 2), read
 
 
 def make_result_folder(root: Path, labels: dict | None = None, folds=(0,), regions: list | None = None, seed: int = 0,
-                       **plan_args) -> Path:
+                       channels=("T1",), **plan_args) -> Path:
     """``root/Dataset999_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres`` with fresh weights of the planned network per fold."""
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -57,8 +57,12 @@ def make_result_folder(root: Path, labels: dict | None = None, folds=(0,), regio
     folder = root / "Dataset999_Tiny" / f"{TRAINER}__{PLANS}__{CONFIG}"
     folder.mkdir(parents=True)
     p = plans(**plan_args)
+    intensity = p["foreground_intensity_properties_per_channel"]["0"]
+    p["foreground_intensity_properties_per_channel"] = {str(c): intensity for c in range(len(channels))}
+    p["configurations"][CONFIG]["normalization_schemes"] = ["ZScoreNormalization"] * len(channels)
+    p["configurations"][CONFIG]["use_mask_for_norm"] = [False] * len(channels)
     (folder / "plans.json").write_text(json.dumps(p))
-    dataset = {"channel_names": {"0": "T1"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}
+    dataset = {"channel_names": {str(c): n for c, n in enumerate(channels)}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}
     if regions:
         dataset["regions_class_order"] = regions
     (folder / "dataset.json").write_text(json.dumps(dataset))
@@ -66,7 +70,7 @@ def make_result_folder(root: Path, labels: dict | None = None, folds=(0,), regio
     for n, fold in enumerate(folds):
         torch.manual_seed(seed + n)
         net = get_network_from_plans(ARCH["network_class_name"], ARCH["arch_kwargs"], ARCH["_kw_requires_import"],
-                                     1, heads, allow_init=True, deep_supervision=False)
+                                     len(channels), heads, allow_init=True, deep_supervision=False)
         (folder / f"fold_{fold}").mkdir()
         torch.save({"network_weights": net.state_dict(), "trainer_name": TRAINER,
                     "init_args": {"configuration": CONFIG, "plans": p, "fold": fold},

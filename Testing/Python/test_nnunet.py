@@ -45,7 +45,8 @@ def models(tmp_path_factory):
     plain = make_result_folder(root / "plain", folds=(0, 1))
     regions = make_result_folder(root / "regions", labels={"background": 0, "whole": [1, 2], "core": [2]}, regions=[1, 2])
     reorient = make_result_folder(root / "reorient", reader="NibabelIOWithReorient", transpose=(2, 0, 1), seed=3)
-    return {"plain": plain, "regions": regions, "reorient": reorient, "root": root}
+    two = make_result_folder(root / "two", channels=("T1", "T2"), seed=5)
+    return {"plain": plain, "regions": regions, "reorient": reorient, "two": two, "root": root}
 
 
 @pytest.fixture
@@ -73,7 +74,8 @@ def test_result_equals_nnunet_predict_from_files(models, trust, tmp_path, case):
     oblique = case.startswith("oblique")
     affine = oblique_affine(spacing=(1.4, 1.6, 2.2)) if oblique else np.diag([-1.5, -1.7, 2.3, 1.0])
     suffix = ".nrrd" if oblique else ".nii.gz"
-    image = write_volume(Volume(blob_image(), affine, "case"), tmp_path / f"case_0000{suffix}")
+    voxels = blob_image() if oblique else (100 * blob_image()).astype(np.int16)  # CT-like integers: cast as nnU-Net does
+    image = write_volume(Volume(voxels, affine, "case"), tmp_path / f"case_0000{suffix}")
     folds = [0, 1] if oblique else [0]
     model = load_model(models["plain"].parent, "cpu")
     nn_format.configure(model, folds=folds, use_mirroring=oblique)
@@ -85,6 +87,32 @@ def test_result_equals_nnunet_predict_from_files(models, trust, tmp_path, case):
     assert len(np.unique(expected)) > 1, "the test network must give more than one label"
     np.testing.assert_array_equal(result.layers[0], expected)
     assert [lab.name for lab in result.labels] == ["left", "right"]
+
+
+@needs_nnunet
+def test_two_input_channels_in_order(models, trust, tmp_path):
+    """A two-channel model: volumes in channel order, as nnU-Net's case_0000/case_0001 files."""
+    from medai.models.loader import load_model
+
+    affine = np.diag([-1.5, -1.7, 2.3, 1.0])
+    files = [write_volume(Volume(blob_image(seed=s), affine, "case"), tmp_path / f"case_000{s}.nii.gz") for s in (0, 1)]
+    model = load_model(models["two"], "cpu")
+    assert [i["name"] for i in model.card.inputs] == ["T1", "T2"]
+    nn_format.configure(model, use_mirroring=False)
+    result = segment(model, [read_image(f) for f in files])
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    import torch
+
+    predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(models["two"]), [0], "checkpoint_final.pth")
+    predictor.predict_from_files_sequential([[str(f) for f in files]], [str(tmp_path / "case")], False, True, None)
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "case.nii.gz")))
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(result.layers[0], expected)
+    swapped = segment(model, [read_image(f) for f in reversed(files)])
+    assert not np.array_equal(swapped.layers[0], expected)
+    with pytest.raises(ModelLoadError, match="takes 2 input volume"):
+        segment(model, [read_image(files[0])])
 
 
 @needs_nnunet
