@@ -418,9 +418,9 @@ def segment_nnunet(model: LoadedModel, volumes: list[Volume], progress: Progress
         raise ModelLoadError(f"model {model.name} takes {n_inputs} input volume(s) ({names}); {len(volumes)} given")
     require_3d(volumes, model.name)
     ref = volumes[0]
-    with progress.stage("preprocessing", 0.05):
+    with progress.stage("input", 0.02):  # nnU-Net's own preprocessing runs inside "inference", before the tiles
         array, props, back = nnunet_input(volumes, model.card.raw.get("reader", "SimpleITKIO"))
-    with progress.stage("inference", 0.9), _Tiles(predictor, progress, len(predictor.list_of_parameters)):
+    with progress.stage("inference", 0.93), _Tiles(predictor, progress, len(predictor.list_of_parameters)):
         out = predictor.predict_single_npy_array(array, props, None, None, state.region_based)
     with progress.stage("postprocessing", 0.05):
         labels = list(model.card.labels)
