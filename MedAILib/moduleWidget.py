@@ -211,7 +211,7 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         from MedAILib.dependencies import ensure_dependencies
 
-        if not ensure_dependencies():
+        if not ensure_dependencies() or not self._confirmTrust():
             return
         choice = self.models.currentChoice()
         self.run.start(f"Running {choice.title if choice else 'the model'}...")
@@ -221,9 +221,29 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.run.finish("Not started")
             slicer.util.errorDisplay(str(exc))
 
+    def _confirmTrust(self) -> bool:
+        """A model that can run code (a bundle, or a card with expressions, not from the catalog) runs only once the
+        user confirms, seeing its source and sha256; the decision is remembered for exactly this content."""
+        from medai.models import trust
+
+        spec = self.models.currentSpec()
+        found = trust.untrusted_code(spec)
+        if not found:
+            return True
+        text = (f"This model can run code on this computer when it is loaded:\n\n{spec}\nsha256 {trust.model_digest(spec)}\n\n"
+                + "\n".join(found[:8]) + "\n\nRun it only if you trust its source. Trust it and run?")
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle="MedAI: trust this model?"):
+            return False
+        trust.trust_model(spec)
+        return True
+
     def onCompleted(self, job) -> None:
         if job.state == "succeeded":
             self._onJobSucceeded(job)
+            warnings = list(getattr(job.result, "warnings", None) or [])
+            if warnings:  # doubts about the input or the result (medai.checks) stay visible in the status
+                self.run.statusLabel.text = f"{self.run.statusLabel.text} Warning: {' '.join(warnings)}"
+
         elif job.state == "cancelled":
             self.run.finish("Cancelled; the scene was left as it was.")
         else:

@@ -138,20 +138,26 @@ class ModelSelector:
     def downloadSelected(self) -> None:
         """Download the selected catalog model with a progress dialog whose Cancel stops it (resumable later)."""
         spec = self.currentSpec()
-        with slicer.util.tryWithErrorDisplay("Cannot download this model."):
-            job = panel.ModelDownload(spec)
-            dialog = qt.QProgressDialog(job.text, "Cancel", 0, 100, slicer.util.mainWindow())
-            dialog.setWindowModality(qt.Qt.WindowModal)
-            dialog.connect("canceled()", job.cancel)
-            while not job.done:
-                dialog.setValue(int(job.fraction * 100))
-                dialog.setLabelText(job.text)
-                slicer.app.processEvents()
-                job.wait(0.1)
-            dialog.close()
-            if job.error:
-                raise RuntimeError(job.error)
-            self.refresh(select=spec)
+        try:
+            # tryWithErrorDisplay shows the error, then re-raises it: the slot ends here
+            with slicer.util.tryWithErrorDisplay("Cannot download this model."):
+                job = panel.ModelDownload(spec)
+                dialog = qt.QProgressDialog(job.text, "Cancel", 0, 100, slicer.util.mainWindow())
+                dialog.setWindowModality(qt.Qt.WindowModal)
+                dialog.connect("canceled()", job.cancel)
+                try:
+                    while not job.done:
+                        dialog.setValue(int(job.fraction * 100))
+                        dialog.setLabelText(job.text)
+                        slicer.app.processEvents()
+                        job.wait(0.1)
+                finally:
+                    dialog.close()
+                if job.error:
+                    raise RuntimeError(job.error)
+                self.refresh(select=spec)
+        except Exception:
+            pass
 
     def setMirror(self) -> None:
         current = str(qt.QSettings().value(MIRROR_KEY) or "")

@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ["segment", "classify", "models", "fetch", "demo", "train", "evaluate"]
+COMMANDS = ["segment", "classify", "batch", "models", "fetch", "demo", "train", "evaluate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

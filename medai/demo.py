@@ -101,6 +101,7 @@ def run_demo(out_dir: str | Path = "out", model_name: str | None = None, device:
         "model": model.name, "device": result.device, "input": str(image_file),
         "timings_s": {"fetch+load": round(fetch_s, 2), **{k: round(v, 2) for k, v in result.timings.items()}},
         "labels": rows,
+        "warnings": list(result.warnings),  # doubts about the input or the result (medai.checks), e.g. an implausible volume
     }
     if "mni152_gm.nii.gz" in files:
         report["check"] = mni_checks(result, files)
@@ -108,6 +109,7 @@ def run_demo(out_dir: str | Path = "out", model_name: str | None = None, device:
     lines += [f"- {k}: {v:.2f} s" for k, v in report["timings_s"].items()]
     lines += [f"- {r['label']}: {r['voxels']} voxels, {r['volume_ml']:.1f} mL" for r in rows]
     lines += [f"- {k}: {v}" for k, v in report.get("check", {}).items()]
+    lines += [f"- **warning**: {w}" for w in report["warnings"]]
     lines += ["", "```json", json.dumps(report, indent=2), "```", ""]
     paths["report"].write_text("\n".join(lines))
     report["files"] = {k: str(v) for k, v in paths.items()}

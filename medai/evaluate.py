@@ -109,9 +109,10 @@ def summarize_classification(rows: list[dict], classes: list[str]) -> tuple[dict
 
 
 def evaluate_model(model_spec, data, ids: list[str] | None = None, out_dir: Path | None = None, device: str = "auto",
-                   cancel: CancelToken | None = None, progress: Callable[[float, str], None] | None = None) -> EvalReport:
+                   cancel: CancelToken | None = None, progress: Callable[[float, str], None] | None = None,
+                   trust: bool = False) -> EvalReport:
     """Run ``model_spec`` on the cases ``ids`` of ``data`` (a :class:`~medai.training.data.TrainingData`) and compare."""
-    model = model_spec if isinstance(model_spec, LoadedModel) else load_model(model_spec, device)
+    model = model_spec if isinstance(model_spec, LoadedModel) else load_model(model_spec, device, trust=trust)
     cancel = cancel or CancelToken()
     cases = data.by_id()
     chosen = [cases[i] for i in (ids if ids is not None else list(cases))]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .checks import check_file
 from .geometry import LPS_TO_RAS, GeometryError, Volume
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def read_image(path: str | os.PathLike, series: str | None = None) -> Volume:
             if name.lower().endswith(suffix):
                 name = name[: -len(suffix)]
                 break
+        check_file(path)  # truncated data, NaN/Inf a reader turns into 0, pixdim 0
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
@@ -112,6 +114,48 @@ def write_volume(volume: Volume, path: str | os.PathLike, array: np.ndarray | No
     for key, value in (metadata or {}).items():
         image.SetMetaData(key, str(value))
     tmp = path.with_name(path.name + ".partial" + suffix_of(path))
-    sitk.WriteImage(image, str(tmp), useCompression=True)
+    try:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+        check_written_grid(tmp, volume, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)  # never leave a half-written file under the user's name
     return path
+
+
+ORTHOGONAL_ONLY = (".nii", ".nii.gz")  # NIfTI readers make a non-orthogonal direction matrix orthogonal
+
+
+def check_format_holds_grid(volume: Volume, target: str | os.PathLike) -> None:
+    """Before any work: refuse an output format that cannot hold ``volume``'s grid (see :func:`check_written_grid`)."""
+    if suffix_of(target) in ORTHOGONAL_ONLY:
+        d = volume.direction
+        if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+            raise GeometryError(_grid_message(volume, Path(target)))
+
+
+def _grid_message(volume: Volume, target: Path) -> str:
+    return (f"output {target}: the {suffix_of(target)} format cannot hold the grid of {volume.name} exactly "
+            "(its direction matrix is not orthogonal, e.g. a sheared acquisition) and would be written on another grid; "
+            "write .nrrd, .seg.nrrd or .mha instead")
+
+
+def check_written_grid(written: Path, volume: Volume, target: Path, atol: float = 1e-3) -> None:
+    """Refuse a file whose format changed the grid (e.g. NIfTI makes a sheared direction matrix orthogonal)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(written))
+    reader.ReadImageInformation()
+    dim = reader.GetDimension()
+    if dim < 3:
+        return
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
+    got = np.eye(4)
+    got[:3, :3] = direction * np.asarray(reader.GetSpacing()[:3])
+    got[:3, 3] = reader.GetOrigin()[:3]
+    got = LPS_TO_RAS @ got
+    want = volume.ijk_to_ras
+    axes_ok = np.allclose(got[:3, :3], want[:3, :3], atol=atol * 0.1 * float(volume.spacing.max()))
+    origin_ok = np.allclose(got[:3, 3], want[:3, 3], atol=atol * max(1.0, float(np.abs(want[:3, 3]).max()) * 1e-3))
+    if not (axes_ok and origin_ok):
+        raise GeometryError(_grid_message(volume, target))

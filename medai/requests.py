@@ -15,6 +15,7 @@ class SegmentRequest:
     """How to run a segmentation model."""
 
     device: str = "auto"  # auto, cpu or cuda[:N]
+    trust: bool = False  # run code the model file carries (see medai.models.trust)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ClassifyRequest:
     method: str = "gradcam"  # gradcam, gradcam++ or occlusion
     margin: float | None = None  # crop margin around a region (fraction of its size); None: the card's
     hotspot_threshold: float = 0.5  # hot spots: where the heatmap reaches this fraction of its peak
+    trust: bool = False  # run code the model file carries (see medai.models.trust)
 
 
 def request_from(cls, options: dict):

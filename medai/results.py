@@ -46,6 +46,7 @@ class SegmentationResult:
     model_name: str = ""
     device: str = "cpu"
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # doubts about the input or the result (see medai.checks)
 
     def mask(self, label: Label) -> np.ndarray:
         return self.layers[label.layer] == label.value

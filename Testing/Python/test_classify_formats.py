@@ -46,7 +46,8 @@ def test_efficientnet_bn_card_classifies_and_gradcam_finds_its_layer(tmp_path):
     assert heat is not None and heat.shape == volume.array.shape and heat.dtype == np.float32
     # fresh weights make a flat-ish but not constant map (~0.97..1); a layer with a 1x1 output (e.g. an SE conv) gives exactly one value
     assert float(heat.max()) == pytest.approx(1.0) and float(heat.max() - heat.min()) > 0.01, "Grad-CAM heatmap is constant"
-    assert not result.warnings
+    # such a flat-ish map (one hot spot over the whole image) localises nothing, and is flagged as such (medai.checks)
+    assert result.warnings and all("heatmap is hot over" in w for w in result.warnings)
 
 
 def _scripted_beside_card(tmp_path):

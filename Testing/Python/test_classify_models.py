@@ -135,7 +135,7 @@ def _bundle_with_fresh_weights(model_zoo, tmp_path, name):
 def test_bundle_endoscopic_inbody(model_zoo, tmp_path):
     folder = _bundle_with_fresh_weights(model_zoo, tmp_path, "endoscopic_inbody_classification")
     rgb = Volume((np.random.default_rng(0).random((1, 150, 180, 3)) * 255).astype(np.float32), np.eye(4), "frame")
-    r = classify(load_model(folder, "cpu"), [rgb], explain=True)
+    r = classify(load_model(folder, "cpu", trust=True), [rgb], explain=True)
     assert r.class_names == ["in body", "out body"]
     assert abs(r.cases[0].scores.sum() - 1) < 1e-5
     assert r.cases[0].heatmap.shape == (1, 150, 180)
@@ -147,7 +147,7 @@ def test_bundle_pathology_nuclei_with_mask_channel(model_zoo, tmp_path):
     rgb = Volume((rng.random((1, 128, 128, 3)) * 255).astype(np.float32), np.eye(4), "patch")
     mask = np.zeros((1, 128, 128), np.float32)
     mask[0, 50:70, 60:75] = 1
-    model = load_model(folder, "cpu")
+    model = load_model(folder, "cpu", trust=True)
     r = classify(model, [rgb, Volume(mask, np.eye(4), "nucleus")], explain=False)
     assert r.class_names == ["Other", "Inflammatory", "Epithelial", "Spindle-Shaped"]
     assert abs(r.cases[0].scores.sum() - 1) < 1e-5
@@ -162,7 +162,7 @@ def test_bundle_breast_density_needs_torchvision(model_zoo, tmp_path):
         pytest.skip(f"breast_density_classification needs a working torchvision ({type(exc).__name__}: {str(exc)[:80]})")
     folder = _bundle_with_fresh_weights(model_zoo, tmp_path, "breast_density_classification")
     grey = Volume((np.random.default_rng(0).random((1, 320, 300)) * 255).astype(np.float32), np.eye(4), "mammo")
-    r = classify(load_model(folder, "cpu"), [grey], explain=False)
+    r = classify(load_model(folder, "cpu", trust=True), [grey], explain=False)
     assert r.class_names == ["A", "B", "C", "D"] and len(r.cases[0].scores) == 4
 
 

@@ -148,7 +148,8 @@ def test_bad_inputs_leave_the_scene_unchanged(scene, tmp_path):
         "task": "classification", "inputs": [{"name": "CXR"}], "classes": ["normal", "pneumonia"],
         "preprocessing": {"intensity": [{"op": "scale_range", "a_min": 0, "a_max": 255}]},
         "inference": {"mode": "whole", "roi_size": [64, 64], "activation": "sigmoid"}})
-    cxr = volume_node_from_volume(scene, Volume(np.zeros((1, 80, 70), np.float32), np.eye(4), "cxr"))
+    cxr = volume_node_from_volume(scene, Volume(np.random.default_rng(0).random((1, 80, 70), np.float32), np.eye(4), "cxr"))
+    blank = volume_node_from_volume(scene, Volume(np.zeros((1, 64, 64), np.float32), np.eye(4), "blank"))
     far = Volume(np.zeros((18, 22, 26), np.float32), np.eye(4) @ np.diag([1, 1, 1, 1.0]), "far")
     far.ijk_to_ras[:3, 3] = [500.0, 500.0, 500.0]
     far_node = volume_node_from_volume(scene, far)
@@ -160,6 +161,7 @@ def test_bad_inputs_leave_the_scene_unchanged(scene, tmp_path):
     before = _snapshot(scene)
     cases = [
         (dict(inputVolumes=[cxr], model=str(keras)), "needs an input of exactly 64x64"),
+        (dict(inputVolumes=[blank], model=str(keras)), "constant image"),
         (dict(inputVolumes=[rgb], model=card_3d), "expects 1 input channel"),
         (dict(inputVolumes=[node], model=card_3d, region=seg_out), "lies outside volume"),
         (dict(inputVolumes=[node], model=card_3d, region=(seg_empty, empty_id)), "is empty"),

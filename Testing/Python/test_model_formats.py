@@ -139,7 +139,7 @@ def _tiny_bundle(folder: Path) -> Path:
 def test_bundle_folder_and_zip_run_with_bundle_labels(tmp_path):
     folder = _tiny_bundle(tmp_path / "spleen")
     vol = _volume()
-    from_folder = load_model(folder, "cpu")
+    from_folder = load_model(folder, "cpu", trust=True)
     assert from_folder.kind == "bundle" and [l.name for l in from_folder.labels] == ["spleen"]
     out = segment(from_folder, [vol])
     assert out.layers[0].shape == vol.array.shape
@@ -150,7 +150,7 @@ def test_bundle_folder_and_zip_run_with_bundle_labels(tmp_path):
                 z.write(p, Path("spleen_ct_segmentation") / p.relative_to(folder))
     os.environ["MEDAI_HOME"] = str(tmp_path / "cache")
     try:
-        from_zip = load_model(archive, "cpu")
+        from_zip = load_model(archive, "cpu", trust=True)
     finally:
         os.environ.pop("MEDAI_HOME")
     assert np.array_equal(segment(from_zip, [vol]).layers[0], out.layers[0])
@@ -170,7 +170,7 @@ def test_bundle_zip_with_escaping_entry_is_refused(tmp_path, monkeypatch):
 def test_bundle_without_weights_says_where_to_put_them(tmp_path, model_zoo):
     shutil.copytree(model_zoo / "spleen_ct_segmentation", tmp_path / "b")
     with pytest.raises(ModelLoadError, match="no weights; put the bundle's models/model.pt"):
-        load_model(tmp_path / "b", "cpu")
+        load_model(tmp_path / "b", "cpu", trust=True)
 
 
 def test_unknown_model_and_device_errors_are_clear():

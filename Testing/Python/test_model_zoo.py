@@ -45,7 +45,7 @@ def test_zoo_bundle_runs_on_the_input_grid_with_its_label_names(model_zoo, tmp_p
     channels, spacing = SEGMENTATION_BUNDLES[name]
     folder = bundle_with_fresh_weights(model_zoo / name, tmp_path / name)
     meta = json.loads((folder / "configs" / "metadata.json").read_text())
-    model = load_model(folder, "cpu")
+    model = load_model(folder, "cpu", trust=True)
     expected_names = [v for k, v in meta["network_data_format"]["outputs"]["pred"]["channel_def"].items() if v.lower() != "background"]
     assert [lab.name for lab in model.labels][: len(expected_names)] == expected_names[: len(model.labels)]
     rng = np.random.default_rng(0)
@@ -82,7 +82,7 @@ def test_bundle_preprocessing_and_invert_keep_world_positions(model_zoo, tmp_pat
     arr = np.full((30, 34, 38), -1000, dtype=np.int16)
     arr[8:20, 10:24, 12:30] = 200
     vol = Volume(arr, oblique_affine(spacing=(1.1, 0.9, 2.3)), name="ct")
-    result = segment(load_model(folder, "cpu"), [vol])
+    result = segment(load_model(folder, "cpu", trust=True), [vol])
     got, truth = result.layers[0] == 1, arr > 0
     dice = 2 * (got & truth).sum() / (got.sum() + truth.sum())
     assert dice > 0.85, dice

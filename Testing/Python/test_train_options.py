@@ -275,4 +275,4 @@ def test_2d_classification_from_png_slices(tmp_path):
     out = classify(model, [vol], explain=False)
     assert out.predicted_names(out.cases[0]) == ["top"]
     with pytest.raises(GeometryError, match="is 2D"):
-        classify(model, [Volume(np.zeros((4, 32, 32), np.float32), np.eye(4), "stack")], explain=False)
+        classify(model, [Volume(np.random.default_rng(0).random((4, 32, 32), np.float32), np.eye(4), "stack")], explain=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import time
 from pathlib import Path
 
@@ -11,10 +12,11 @@ from ..dicom.seg import require_source
 from ..engine.classify import classify
 from ..explain.gradcam import METHODS
 from ..geometry import Volume
-from ..io import read_image, suffix_of, write_volume
+from ..io import check_format_holds_grid, read_image, suffix_of, write_volume
 from ..models.loader import load_model
 from ..requests import ClassifyRequest
 from .progressbar import ProgressBar
+from .safety import add_trust_argument, check_outputs, print_warnings
 
 HEATMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -34,22 +36,25 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--sr", metavar="REPORT.dcm", default=None, help="also write a DICOM SR (TID 1500): scores, findings (DICOM input only)")
     add_input_option(p)
+    add_trust_argument(p)
     p.set_defaults(handler=run)
 
 
 def request_from_args(args) -> ClassifyRequest:
     """The command line's options as the request the engine gets."""
     return ClassifyRequest(device=args.device, explain=bool(args.explain), target_class=args.target_class, method=args.method,
-                           margin=args.margin, hotspot_threshold=args.hotspot_threshold)
+                           margin=args.margin, hotspot_threshold=args.hotspot_threshold, trust=args.trust)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, path)  # never a half-written file under the user's name
 
 
 def run(args) -> int:
@@ -58,10 +63,13 @@ def run(args) -> int:
         raise ValueError(f"output {out}: use a .csv file")
     if args.explain and suffix_of(args.explain) not in HEATMAP_SUFFIXES:
         raise ValueError(f"--explain {args.explain}: use one of {', '.join(HEATMAP_SUFFIXES)}")
+    check_outputs([out, args.explain, args.findings, args.sr], [*args.images, args.region])
     volumes = [read_image(p, args.series) for p in args.images]
     if args.sr:
         for volume in volumes:
             require_source(volume, "DICOM SR")  # before the model runs
+    for volume in volumes if args.explain else []:
+        check_format_holds_grid(volume, args.explain)
     region = None
     if args.region:
         mask = read_image(args.region)
@@ -69,7 +77,7 @@ def run(args) -> int:
                         mask.ijk_to_ras, Path(args.region).name, {"kind": "segment"})
     start = time.perf_counter()
     request = request_from_args(args)
-    model = load_model(args.model, request.device)
+    model = load_model(args.model, request.device, trust=request.trust)
     load_s = time.perf_counter() - start
     with ProgressBar(f"classify {Path(args.images[0]).name}") as bar:
         result = classify(model, volumes, region, request, bar)
@@ -95,6 +103,5 @@ def run(args) -> int:
         best = result.ranking(case)[0]
         label = ", ".join(result.predicted_names(case)) or ("-" if result.task != "regression" else f"{best[1]:.4g} {result.unit}".strip())
         print(f"  {case.name}: {label}")
-    for warning in result.warnings:
-        print(f"  note: {warning}")
+    print_warnings(result.warnings)
     return 0

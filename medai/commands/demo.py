@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..demo import run_demo
 from .progressbar import ProgressBar
+from .safety import print_warnings
 
 
 def register(sub) -> None:
@@ -24,6 +25,7 @@ def run(args) -> int:
         print(f"  {row['label']}: {row['voxels']} voxels, {row['volume_ml']:.1f} mL")
     for k, v in report.get("check", {}).items():
         print(f"  {k}: {v}")
+    print_warnings(report.get("warnings", []))
     print("written:")
     for k, v in report["files"].items():
         print(f"  {k}: {v}")

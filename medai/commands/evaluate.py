@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .progressbar import ProgressBar
+from .safety import add_trust_argument, check_outputs
 
 
 def register(sub) -> None:
@@ -18,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--task", default=None, choices=["segmentation", "classification", "regression"], help="for --pred/--ref CSVs")
     p.add_argument("-o", "--output", required=True, help="report folder: per_case.csv, summary.csv, metrics.json, PNG plots")
     p.add_argument("--device", default="auto")
+    add_trust_argument(p)
     p.set_defaults(handler=run)
 
 
@@ -25,6 +27,7 @@ def run(args) -> int:
     from .. import evaluate as ev
 
     out = Path(args.output)
+    check_outputs([out / "summary.csv"], [*(args.pred or []), *(args.ref or [])])
     if args.pred or args.ref:
         if not (args.pred and args.ref):
             raise ValueError("give both --pred and --ref")
@@ -38,7 +41,7 @@ def run(args) -> int:
         from ..models.loader import load_model
         from ..training.data import discover
 
-        model = load_model(args.model, args.device)
+        model = load_model(args.model, args.device, trust=args.trust)
         data = discover(args.data, model.card.task)
         split = model.card.training.get("split") or {}
         known = set(data.by_id())

@@ -8,10 +8,11 @@ from pathlib import Path
 from ..dicom.outputs import add_segment_options, write_segment_outputs
 from ..dicom.seg import require_source
 from ..engine.segment import segment
-from ..io import read_image, suffix_of
+from ..io import check_format_holds_grid, read_image, suffix_of
 from ..models.loader import load_model
 from ..results import write_segmentation
 from .progressbar import ProgressBar
+from .safety import add_trust_argument, check_outputs, print_warnings
 
 OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".dcm")
 
@@ -23,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output: .seg.nrrd (named segments), .nii.gz, .nrrd or .mha labelmap, or .dcm (DICOM SEG; DICOM input only)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     add_segment_options(p)
+    add_trust_argument(p)
     p.set_defaults(handler=run)
 
 
@@ -32,11 +34,13 @@ def run(args) -> int:
     out = Path(args.output)
     if suffix_of(out) not in OUTPUT_SUFFIXES:
         raise ValueError(f"output {out}: use one of {', '.join(OUTPUT_SUFFIXES)}")
+    check_outputs([out, args.sr], args.images)
     volumes = [read_image(p, args.series) for p in args.images]
     if out.suffix.lower() == ".dcm" or args.sr:
         require_source(volumes[0], "DICOM SEG/SR")  # before the model runs
+    check_format_holds_grid(volumes[0], out)
     start = time.perf_counter()
-    model = load_model(args.model or catalog.default_model_name(), args.device)
+    model = load_model(args.model or catalog.default_model_name(), args.device, trust=args.trust)
     load_s = time.perf_counter() - start
     with ProgressBar(f"segment {Path(args.images[0]).name}") as bar:
         result = segment(model, volumes, bar)
@@ -49,4 +53,5 @@ def run(args) -> int:
     print(f"{out}: {len(result.labels)} label(s) on {result.device} ({total})")
     for row in result.summary():
         print(f"  {row['label']}: {row['voxels']} voxels, {row['volume_ml']:.1f} mL")
+    print_warnings(result.warnings)
     return 0

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from .progressbar import ProgressBar
+from .safety import add_trust_argument, check_outputs
 
 
 def _floats(text: str) -> list[float]:
@@ -45,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--data-note", default=None, help="a sentence about the data for the card (e.g. that labels are derived)")
     p.add_argument("--name", default=None, help="model name in the card (default: the output folder's name)")
     p.add_argument("--device", default="auto")
+    add_trust_argument(p)
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
     p.add_argument("--no-test", action="store_true", help="skip evaluating the test cases at the end")
     p.set_defaults(handler=run)
@@ -66,6 +69,7 @@ def run(args) -> int:
     from ..training import TrainConfig, train
     from ..training.data import discover
 
+    check_outputs([Path(args.output) / "medai.json"], [])  # a read-only folder is found now, not after training
     data = discover(args.data, args.task)
     if args.data_note:
         data.description["note"] = args.data_note
@@ -80,12 +84,18 @@ def run(args) -> int:
         augmentation=[] if args.augment == "none" else (args.augment.split(",") if args.augment else TrainConfig().augmentation),
         device=args.device, amp=not args.no_amp, crop_foreground=args.crop_foreground, denoise=args.denoise,
         finetune_from=args.finetune_from, resume=args.resume, name=args.name, evaluate_test=not args.no_test,
-        region_margin=args.region_margin,
+        region_margin=args.region_margin, trust=args.trust,
     )
     print(f"training {network} for {args.task} on {len(data.cases)} case(s) from {args.data}", file=sys.stderr)
     start = time.perf_counter()
-    with ProgressBar(f"train {Path(args.output).name}") as bar:
-        result = train(data, args.output, config, callback=lambda e: bar(e.fraction, e.text()))
+    out_existed = Path(args.output).exists()
+    try:
+        with ProgressBar(f"train {Path(args.output).name}") as bar:
+            result = train(data, args.output, config, callback=lambda e: bar(e.fraction, e.text()))
+    except KeyboardInterrupt:  # e.g. while caching the data: no half-made model folder is left behind
+        if not out_existed and not (Path(args.output) / "medai.json").exists():
+            shutil.rmtree(args.output, ignore_errors=True)
+        raise
     minutes = (time.perf_counter() - start) / 60
     print(f"{args.output}: {result.stopped} after {len(result.history)} epoch(s), {minutes:.1f} min, "
           f"{result.samples_per_s:.1f} samples/s; best validation {result.metric_name} "
@@ -98,4 +108,7 @@ def run(args) -> int:
             print(f"  test: accuracy {s['accuracy']:.4f}, macro F1 {s['macro']['f1']:.4f}, macro AUC {s['macro']['auc']:.4f} on {s['cases']} case(s)")
         else:
             print(f"  test: MAE {s['mae']:.4f}, correlation {s['correlation']:.4f} on {s['cases']} case(s)")
+    if result.stopped == "interrupted":
+        print(f"medai train: interrupted; {args.output} holds the best checkpoint so far and its card", file=sys.stderr)
+        return 130
     return 0 if result.card_path else 1

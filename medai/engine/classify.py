@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import heatmap_warnings, input_warnings
 from ..explain.gradcam import METHOD_TITLES, METHODS, ExplainUnavailable, explain as explain_heatmap
 from ..explain.localize import Finding, hot_spots, region_components
 from ..geometry import GeometryError, Volume, array_from_ijk, crop_affine, reorient_to_ras, same_grid
@@ -363,9 +364,11 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
     target = _resolve_target(target_class, spec, model.name)
     cases = group_cases(volumes, spec.channels, model.name)
     masks = [region_on_grid(region, case[0]) if region is not None else None for case in cases]  # validate all first
+    doubts = [w for case in cases for w in input_warnings(case, model.card.inputs if model.kind != "bundle" else None, model.name,
+                                                           spec.spatial_dims if model.kind != "bundle" else None)]
     progress = Progress(callback, cancel)
     result = ClassificationResult(model.name, spec.task, spec.names, [], spec.thresholds, spec.unit,
-                                  method if explain else None, str(model.device), warnings=list(model.notes))
+                                  method if explain else None, str(model.device), warnings=list(model.notes) + doubts)
     weight = 1.0 / len(cases)
     with model.lock:
         for case_volumes, mask in zip(cases, masks):
@@ -406,6 +409,8 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
                         full = np.zeros(ref.shape_ijk, dtype=np.float32)
                         full[box] = prep.back(heat)
                         case.heatmap, case.heatmap_class = array_from_ijk(full), cls
+                        if mask is None:  # a whole image: a flat or everywhere-hot heatmap localises nothing
+                            result.warnings += heatmap_warnings(full, ref.name)
             with progress.stage(f"{ref.name}: localize", 0.1 * weight):
                 # the heatmap is zero outside the crop box, and the box holds the whole region: search the box only
                 # (same findings, in RAS through the box's affine; seconds faster on a whole-head volume)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import input_warnings, plausibility_warnings
 from ..geometry import GeometryError, Volume, array_from_ijk, reorient_to_ras
 from ..geometry import crop_affine as geometry_crop_affine
 from ..models.card import ModelCard, Stage
@@ -265,6 +266,8 @@ def segment(model: LoadedModel, volumes: list[Volume], callback: ProgressCallbac
     """Segment ``volumes`` (first one defines the output grid) with a loaded model."""
     if model.card.task not in ("segmentation", "multilabel") and model.kind != "bundle":
         raise ValueError(f"model {model.name} is a {model.card.task} model; use it with MedAIClassify / `medai classify`")
+    dims = 3 if any(st.roi_size and len(st.roi_size) == 3 for st in model.card.stages) else None
+    doubts = input_warnings(volumes, model.card.inputs, model.name, dims)  # refuses unusable inputs before any work
     progress = Progress(callback, cancel)
     with model.lock:  # networks are not re-entrant on one device
         if model.format is not None:
@@ -272,4 +275,17 @@ def segment(model: LoadedModel, volumes: list[Volume], callback: ProgressCallbac
         else:  # a LoadedModel built by hand (tests, training) is a card model
             result = segment_with_card(model, volumes, progress)
     progress.done()
+    result.warnings = list(model.notes) + doubts + result_warnings(result, model)
+    for warning in result.warnings:
+        log.warning(warning)
     return result
+
+
+def result_warnings(result: SegmentationResult, model: LoadedModel) -> list[str]:
+    """The card's plausibility ranges (``expected.volume_ml``) checked against the result."""
+    if len(result.layers) != 1:
+        return []
+    counts = np.bincount(result.layers[0].ravel().astype(np.int64))
+    volumes = {lab.value: (lab.name, float(counts[lab.value] if lab.value < len(counts) else 0) * result.reference.voxel_volume_ml)
+               for lab in result.labels}
+    return plausibility_warnings(model.card.raw, volumes, model.name)

@@ -4,15 +4,16 @@ This module holds what every format shares: the :class:`LoadedModel` it returns,
 choice, safe weight reading and network building, and one cache of loaded models.
 
 Security: weights are read with ``torch.load(weights_only=True)`` (no pickled code runs) or
-``torch.jit.load``, and checked against the sha256 a card gives. But a MONAI Bundle config and
-a card's ``network`` section are evaluated by ``monai.bundle.ConfigParser``, whose ``$``
-expressions are Python code: **loading a bundle or card from an untrusted source runs its
-code.** Only load models you trust.
+``torch.jit.load``, and checked against the sha256 a card gives. A MONAI Bundle config and a
+card's ``network`` section are evaluated by ``monai.bundle.ConfigParser``, whose ``$``
+expressions are Python code: :mod:`medai.models.trust` decides (catalog, plain card, or the
+user's explicit trust) just before they are parsed, and before a checkpoint needing full pickle.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ import torch
 
 from ..fetch import FetchError, check_sha256
 from ..results import Label
-from . import catalog
+from . import catalog, trust
+from .trust import ModelTrustError, scope as trust_scope  # noqa: F401 (re-exported)
 from .card import ModelCard, ModelCardError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -100,10 +102,15 @@ def load_state_dict(path: Path, sha256: str | None = None) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError for corrupt zips, EOFError...
-        raise ModelLoadError(
-            f"{path}: not a loadable weights file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
-            "MedAI only reads plain tensors (torch.load weights_only=True); re-save the checkpoint with torch.save(model.state_dict())"
-        ) from exc
+        unsafe = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
+        if not (isinstance(exc, pickle.UnpicklingError) and unsafe):
+            raise ModelLoadError(
+                f"{path}: not a loadable weights file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+                "MedAI only reads plain tensors (torch.load weights_only=True); re-save the checkpoint with torch.save(model.state_dict())"
+            ) from exc
+        # needs full pickle, which can run any code: only for a trusted model
+        trust.require("checkpoint", [f"{path.name} needs full pickle ({unsafe[0][:200]})"], unscoped_trusted=False)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "network", "model_state_dict"):
             if key in obj and isinstance(obj[key], dict):
@@ -144,6 +151,7 @@ def _stage_network(card: ModelCard, index: int, notes: list[str] | None = None) 
         if weights is None:
             raise ModelCardError(f"{where}: needs 'weights'")
         return load_torchscript(weights, stage.sha256)
+    trust.require("model card", trust.code_in_config(stage.network, f"{stage.name} network"))
     net = build_network(stage.network, where)
     if weights is not None:
         state = load_state_dict(weights, stage.sha256)
@@ -222,9 +230,9 @@ def _load_uncached(path: Path, device: torch.device) -> LoadedModel:
     return model
 
 
-_CACHE: dict[tuple[str, str], tuple[int, LoadedModel]] = {}  # (path, device) -> (files' newest mtime, model)
+_CACHE: dict[tuple[str, str, bool], tuple[int, LoadedModel]] = {}  # (path, device, trust) -> (files' newest mtime, model)
 _CACHE_LOCK = threading.Lock()
-_KEY_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_KEY_LOCKS: dict[tuple[str, str, bool], threading.Lock] = {}
 
 
 def _newest_mtime(path: Path) -> int:
@@ -232,16 +240,19 @@ def _newest_mtime(path: Path) -> int:
     return max((p.stat().st_mtime_ns for p in files if p.is_file()), default=0)
 
 
-def load_model(spec: str | Path, device: str | torch.device = "auto", progress: Callable[[float], None] | None = None) -> LoadedModel:
+def load_model(spec: str | Path, device: str | torch.device = "auto", progress: Callable[[float], None] | None = None,
+               trust: bool = False) -> LoadedModel:
     """Load (or return the cached) model named by ``spec`` on ``device``.
 
     ``spec`` is a catalog name, a MONAI Bundle folder or zip, a JSON model card, or a
     TorchScript or ONNX file with a card beside it. One model per file and device stays cached
-    until its files change; concurrent callers of the same model wait for one load.
+    until its files change; concurrent callers of the same model wait for one load. A model that
+    would run code (see :mod:`medai.models.trust`) loads only from the catalog, with ``trust=True``
+    or when remembered by ``trust_model``; else :class:`ModelTrustError` says what would run.
     """
     dev = resolve_device(device)
     path = resolve_model_path(spec, progress)
-    key = (str(path), str(dev))
+    key = (str(path), str(dev), bool(trust))
     with _CACHE_LOCK:
         key_lock = _KEY_LOCKS.setdefault(key, threading.Lock())
     with key_lock:
@@ -249,7 +260,8 @@ def load_model(spec: str | Path, device: str | torch.device = "auto", progress: 
         cached = _CACHE.get(key)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        model = _load_uncached(path, dev)
+        with trust_scope(path, trust):
+            model = _load_uncached(path, dev)
         with _CACHE_LOCK:
             _CACHE[key] = (stamp, model)  # a stale entry for the same file is replaced, not kept
         return model

@@ -21,6 +21,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from ..batch import CohortItem, cohort_case_name, read_cohort_case, run_cohort
 from ..engine.classify import ClassificationResult
 from ..engine.classify import classify as run_classification
 from ..engine.progress import CancelToken, ProgressCallback
@@ -46,10 +47,6 @@ class ClassifyOutput:
     findings_table_node: object = None
     markups_node: object = None
     heatmap_nodes: list = field(default_factory=list)
-
-
-def _as_list(input_volumes) -> list:
-    return list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
 
 
 def _segment_ids(seg_node, segment_id: str | None) -> list[str]:
@@ -162,17 +159,16 @@ class ClassifyLogic:
         self.last_result: ClassificationResult | None = None
         self.last_output: ClassifyOutput | None = None
 
-    def load(self, model: str | LoadedModel, device: str = "auto") -> LoadedModel:
-        return model if isinstance(model, LoadedModel) else load_model(model, device)
+    def load(self, model: str | LoadedModel, device: str = "auto", trust: bool = False) -> LoadedModel:
+        """``trust``: the caller trusts a model that would run code (see :mod:`medai.models.trust`)."""
+        return model if isinstance(model, LoadedModel) else load_model(model, device, trust=trust)
 
     def read_inputs(self, inputVolumes, region=None) -> tuple[list[Volume], Volume | None]:
         """Main-thread part: the volumes and the region mask as arrays (views of the nodes' voxels); adds no node.
 
         Reading a segmentation region may convert its representation, so this must run on the main thread.
         """
-        input_nodes = _as_list(inputVolumes)
-        if not input_nodes or any(n is None for n in input_nodes):
-            raise GeometryError("an input volume is not set; select a volume node for every model input")
+        input_nodes = bridge.volume_node_list(inputVolumes)
         volumes = [bridge.volume_from_node(n) for n in input_nodes]
         mask = region_volume(region, input_nodes[0]) if region is not None else None
         return volumes, mask
@@ -181,7 +177,7 @@ class ClassifyLogic:
                         progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> ClassificationResult:
         """Off-main-thread part: loads the model and runs it on arrays read by :meth:`read_inputs`; touches no node."""
         start = time.perf_counter()
-        loaded = self.load(model, request.device)
+        loaded = self.load(model, request.device, request.trust)
         load_s = time.perf_counter() - start
         result = run_classification(loaded, volumes, mask, request, progress, cancel)
         result.timings = {"load": load_s, **result.timings}
@@ -227,6 +223,31 @@ class ClassifyLogic:
         """Classify ``inputVolumes`` (a node or a list: channels of one case, or a cohort); returns the output nodes.
 
         ``options``: the fields of :class:`~medai.requests.ClassifyRequest` (device, explain, target_class,
-        method, margin, hotspot_threshold).
+        method, margin, hotspot_threshold, trust: run a model that would run code, e.g. a bundle not from the catalog).
         """
         return self.apply(self.compute(inputVolumes, model, region, progress, cancel, **options))
+
+    def classify_cohort(self, cases, model: str | LoadedModel, progress: ProgressCallback | None = None,
+                        cancel: CancelToken | None = None, **options) -> tuple[ClassifyOutput | None, list[CohortItem]]:
+        """Classify a cohort case by case (a volume node, an image file, or a list of them = its channels).
+
+        The model is loaded once; a failing case gets its ``error`` and the rest go on. The cases that
+        succeeded go into one scores table (a row per case) and chart; returns that output (None when
+        none succeeded) and one item per case whose ``result`` is its :class:`ClassificationResult`.
+        ``options``: the fields of :class:`~medai.requests.ClassifyRequest` (default here: no explanation).
+        """
+        request = request_from(ClassifyRequest, {"explain": False, **options})
+        loaded = self.load(model, request.device, request.trust)
+
+        def run_case(case, step, token):
+            return run_classification(loaded, read_cohort_case(case, bridge.volume_from_node), None, request, step, token)
+
+        items = run_cohort(list(cases), run_case, cohort_case_name, progress, cancel)
+        done = [item.result for item in items if item.result is not None]
+        if not done:
+            return None, items
+        merged = done[0]
+        merged = ClassificationResult(merged.model_name, merged.task, merged.class_names, [c for r in done for c in r.cases],
+                                      merged.thresholds, merged.unit, merged.method, merged.device,
+                                      warnings=list(dict.fromkeys(w for r in done for w in r.warnings)))
+        return self.apply(merged), items

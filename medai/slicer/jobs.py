@@ -264,15 +264,6 @@ class JobRunner:
         return job.wait(poll=poll) if wait_for_completion else job
 
 
-def _volume_list(input_volumes) -> list:
-    nodes = list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
-    if not nodes:
-        raise ValueError("no input volume given; select at least one volume node")
-    if any(n is None for n in nodes):
-        raise ValueError("an input volume is not set; select a volume node for every model input")
-    return nodes
-
-
 # --- segmentation ------------------------------------------------------------------------------
 
 
@@ -284,15 +275,13 @@ class SegmentJob(Job):
     def __init__(self, logic: SegmentLogic, input_volumes: list, model: Any, output_segmentation=None,
                  device: str = "auto", schedule: MainThreadQueue | None = None,
                  on_progress: ProgressFn | None = None, on_done: Callable[["SegmentJob"], None] | None = None,
-                 on_worker_progress: ProgressFn | None = None) -> None:
-        if not input_volumes:
-            raise ValueError("no input volume given; select at least one volume node")
-        self.logic, self.input_volumes, self.model = logic, list(input_volumes), model
+                 on_worker_progress: ProgressFn | None = None, trust: bool = False) -> None:
+        self.logic, self.input_volumes, self.model = logic, bridge.volume_node_list(input_volumes), model
         self.output_segmentation, self.device = output_segmentation, device
         super().__init__(
             # voxels are read here, on the main thread; the worker only runs the model
             prepare=lambda: logic.read_inputs(self.input_volumes),
-            compute=lambda volumes, progress, cancel: logic.compute_volumes(volumes, model, device, progress, cancel),
+            compute=lambda volumes, progress, cancel: logic.compute_volumes(volumes, model, device, progress, cancel, trust),
             apply=lambda result: logic.apply(result, self.input_volumes[0], output_segmentation),
             input_nodes=self.input_volumes + _node_nodes(output_segmentation), what=f"segmentation with {model}",
             schedule=schedule,
@@ -313,15 +302,17 @@ class SegmentRunner(JobRunner):
 
     def segment(self, input_volumes, model, output_segmentation=None, device: str = "auto",
                 wait_for_completion: bool = True, progress: ProgressFn | None = None,
-                completed: Callable[[SegmentJob], None] | None = None, poll: Callable[[], Any] | None = None):
+                completed: Callable[[SegmentJob], None] | None = None, poll: Callable[[], Any] | None = None,
+                trust: bool = False):
         """Segment ``input_volumes`` (a node or list; the first defines the grid) with ``model``.
 
         Waits and returns the segmentation node (raising the run's error), or with
         ``wait_for_completion=False`` returns the started :class:`SegmentJob` at once; ``progress(fraction, stage)``
-        and ``completed(job)`` are then called on the main thread.
+        and ``completed(job)`` are then called on the main thread. ``trust=True`` runs a model that
+        would run code (see :mod:`medai.models.trust`).
         """
-        nodes = _volume_list(input_volumes)
-        job = SegmentJob(self.logic, nodes, model, output_segmentation, device, self.schedule, progress, completed)
+        nodes = bridge.volume_node_list(input_volumes)
+        job = SegmentJob(self.logic, nodes, model, output_segmentation, device, self.schedule, progress, completed, trust=trust)
         return self.run(job, wait_for_completion, poll)
 
 
@@ -342,9 +333,7 @@ class ClassifyJob(Job):
                  request: ClassifyRequest = ClassifyRequest(), schedule: MainThreadQueue | None = None,
                  on_progress: ProgressFn | None = None, on_done: Callable[["ClassifyJob"], None] | None = None,
                  on_worker_progress: ProgressFn | None = None) -> None:
-        if not input_volumes:
-            raise ValueError("no input volume given; select at least one volume node")
-        self.logic, self.input_volumes, self.model = logic, list(input_volumes), model
+        self.logic, self.input_volumes, self.model = logic, bridge.volume_node_list(input_volumes), model
         self.region, self.request = region, request
         super().__init__(
             prepare=lambda: logic.read_inputs(self.input_volumes, region),
@@ -377,7 +366,7 @@ class ClassifyRunner(JobRunner):
         or with ``wait_for_completion=False`` returns the started :class:`ClassifyJob` at once;
         ``progress(fraction, stage)`` and ``completed(job)`` are then called on the main thread.
         """
-        nodes = _volume_list(input_volumes)
+        nodes = bridge.volume_node_list(input_volumes)
         job = ClassifyJob(self.logic, nodes, model, region, request_from(ClassifyRequest, options), self.schedule, progress, completed)
         return self.run(job, wait_for_completion, poll)
 

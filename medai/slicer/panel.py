@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..models import catalog
 from ..models.formats import format_for
-from ..models.card import CARD_NAMES, _card_beside, bundle_class_names, read_card
+from ..models.card import CARD_NAMES, ModelLoadError, _card_beside, bundle_class_names, read_card  # noqa: F401 (panel.ModelLoadError: what the widgets catch)
 
 IMPORT_FILTER = "MONAI models (*.zip *.json *.ts *.pt *.pth);;All files (*)"
 TIMING_ORDER = (("load", "load"), ("preprocess", "preprocess"), ("inference", "inference"),

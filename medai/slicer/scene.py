@@ -59,6 +59,16 @@ def node_ijk_to_world(node) -> np.ndarray:
     return node_to_world(node) @ node_ijk_to_ras(node)
 
 
+def volume_node_list(input_volumes) -> list:
+    """The input volume nodes as a list (one node or a list/tuple of them); an error names a missing one."""
+    nodes = list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
+    if not nodes:
+        raise GeometryError("no input volume given; select at least one volume node")
+    if any(n is None for n in nodes):
+        raise GeometryError("an input volume is not set; select a volume node for every model input")
+    return nodes
+
+
 def volume_from_node(node) -> Volume:
     """A :class:`Volume` viewing the node's voxel buffer (no copy), in world geometry."""
     if node is None:

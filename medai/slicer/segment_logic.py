@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+from ..batch import CohortItem, cohort_case, cohort_case_name, read_cohort_case, run_cohort
 from ..geometry import Volume
 from ..engine.progress import CancelToken, ProgressCallback
 from ..engine.segment import segment as run_segmentation
@@ -30,28 +31,30 @@ class SegmentLogic:
         self.last_timings: dict[str, float] = {}
         self.last_labelmap_node = None
 
-    def load(self, model: str | LoadedModel, device: str = "auto") -> LoadedModel:
-        return model if isinstance(model, LoadedModel) else load_model(model, device)
+    def load(self, model: str | LoadedModel, device: str = "auto", trust: bool = False) -> LoadedModel:
+        """``trust``: the caller trusts a model that would run code (see :mod:`medai.models.trust`)."""
+        return model if isinstance(model, LoadedModel) else load_model(model, device, trust=trust)
 
     def read_inputs(self, input_volumes) -> list[Volume]:
         """Main-thread part: the nodes' voxels (views, no copy) and world geometry."""
-        nodes = list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
+        nodes = bridge.volume_node_list(input_volumes)
         return [bridge.volume_from_node(n) for n in nodes]
 
     def compute_volumes(self, volumes: list[Volume], model: str | LoadedModel, device: str = "auto",
-                        progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> SegmentationResult:
+                        progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                        trust: bool = False) -> SegmentationResult:
         """The part that runs off the main thread: loads the model and segments; touches no node."""
         start = time.perf_counter()
-        loaded = self.load(model, device)
+        loaded = self.load(model, device, trust)
         load_s = time.perf_counter() - start
         result = run_segmentation(loaded, volumes, progress, cancel)
         result.timings = {"load": load_s, **result.timings}
         return result
 
     def compute(self, input_volumes, model: str | LoadedModel, device: str = "auto",
-                progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> SegmentationResult:
+                progress: ProgressCallback | None = None, cancel: CancelToken | None = None, trust: bool = False) -> SegmentationResult:
         """:meth:`read_inputs` then :meth:`compute_volumes` on the calling thread; touches no node."""
-        return self.compute_volumes(self.read_inputs(input_volumes), model, device, progress, cancel)
+        return self.compute_volumes(self.read_inputs(input_volumes), model, device, progress, cancel, trust)
 
     def apply(self, result: SegmentationResult, reference_node, output_segmentation=None, output_labelmap=None):
         """Main-thread part: put a finished result into the scene, all or nothing.
@@ -79,8 +82,36 @@ class SegmentLogic:
         return node
 
     def segment(self, input_volumes, model: str | LoadedModel, output_segmentation=None, device: str = "auto",
-                progress: ProgressCallback | None = None, cancel: CancelToken | None = None, output_labelmap=None):
-        """Segment ``input_volumes`` (a node or a list; the first defines the grid); returns the segmentation node."""
-        nodes = list(input_volumes) if isinstance(input_volumes, (list, tuple)) else [input_volumes]
-        result = self.compute(nodes, model, device, progress, cancel)
+                progress: ProgressCallback | None = None, cancel: CancelToken | None = None, output_labelmap=None,
+                trust: bool = False):
+        """Segment ``input_volumes`` (a node or a list; the first defines the grid); returns the segmentation node.
+
+        ``trust=True`` runs a model that would run code (a bundle or card not from the catalog).
+        """
+        nodes = bridge.volume_node_list(input_volumes)
+        result = self.compute(nodes, model, device, progress, cancel, trust)
         return self.apply(result, nodes[0], output_segmentation, output_labelmap)
+
+    def segment_cohort(self, cases, model: str | LoadedModel, device: str = "auto", progress: ProgressCallback | None = None,
+                       cancel: CancelToken | None = None, scene=None, trust: bool = False) -> list[CohortItem]:
+        """Segment a cohort, one segmentation node per case; the model is loaded once.
+
+        Each case is a volume node, an image file, or a list of them (its channels). A file case is
+        added to ``scene`` (default: the main scene) as a volume node first. A failing case gets
+        its ``error`` and the rest go on; ``progress`` spans the cohort; ``cancel`` stops it.
+        """
+        loaded = self.load(model, device, trust)
+
+        def run_case(case, step, token):
+            volumes = read_cohort_case(case, bridge.volume_from_node)
+            result = run_segmentation(loaded, volumes, step, token)
+            first = cohort_case(case)[0]
+            if hasattr(first, "GetScene"):
+                return self.apply(result, first)
+            import slicer
+
+            target = scene or slicer.mrmlScene
+            with bridge.all_or_nothing(target):
+                return self.apply(result, bridge.volume_node_from_volume(target, volumes[0]))
+
+        return run_cohort(list(cases), run_case, cohort_case_name, progress, cancel)

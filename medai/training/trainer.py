@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import random
 import time
 from contextlib import nullcontext
@@ -31,6 +33,7 @@ import torch
 from ..engine.common import autocast
 from ..engine.progress import Cancelled, CancelToken
 from ..metrics import classification_metrics, dice, regression_metrics
+from ..models.card import DENOISE_METHODS
 from ..models.loader import build_network, load_model, resolve_device
 from . import augment
 from .data import Case, DataError, Preprocessing, TrainingData, available_memory, estimate_case_bytes, preprocess
@@ -71,6 +74,7 @@ class TrainConfig:
     crop_foreground: bool = False
     denoise: str | None = None  # "gaussian" or "median": written into the card as a ``denoise`` intensity op
     finetune_from: str | None = None
+    trust: bool = False  # the base model (finetune_from) may run code: the user trusts it (--trust)
     finetune_lr_factor: float = 0.1
     resume: bool = False
     name: str | None = None
@@ -135,7 +139,7 @@ class TrainResult:
     best_metric: float | None
     best_epoch: int | None
     metric_name: str
-    stopped: str  # "completed", "early stopping", "cancelled"
+    stopped: str  # "completed", "early stopping", "cancelled", "interrupted" (Ctrl-C)
     test_summary: dict | None = None
     samples_per_s: float = 0.0
 
@@ -179,8 +183,8 @@ def with_denoise(ops: list[dict], method: str | None) -> list[dict]:
     """``ops`` with a ``denoise`` op first (before normalisation), unless ``method`` is None or one is already there."""
     if not method or any(op.get("op") == "denoise" for op in ops):
         return list(ops)
-    if method not in ("gaussian", "median"):
-        raise DataError(f"denoise {method!r} unknown; use gaussian or median")
+    if method not in DENOISE_METHODS:
+        raise DataError(f"denoise {method!r} unknown; use {' or '.join(DENOISE_METHODS)}")
     op = {"op": "denoise", "method": method, **({"sigma": 0.75} if method == "gaussian" else {"size": 3})}
     return [op, *ops]
 
@@ -287,7 +291,7 @@ def _plan(data: TrainingData, config: TrainConfig) -> _Plan:
     plan = _Plan(task, network_config(config.network, task, len(roi), channels, out_channels, config.network_args),
                  prep, roi, channels, out_channels, config.lr)
     if config.finetune_from:
-        base = load_model(config.finetune_from, "cpu")
+        base = load_model(config.finetune_from, "cpu", trust=config.trust)
         stage = base.card.stages[-1]
         if base.card.task != task or stage.network is None:
             raise DataError(f"--from {config.finetune_from}: a {base.card.task} model (or TorchScript) cannot be fine-tuned for {task}; give a {task} model card")
@@ -311,7 +315,11 @@ def _plan(data: TrainingData, config: TrainConfig) -> _Plan:
 
 
 def _split(data: TrainingData, config: TrainConfig, out_dir: Path) -> dict:
-    """The train/validation/test split, saved first so that a resumed run uses the same one."""
+    """The train/validation/test split, saved first so that a resumed run uses the same one.
+
+    The output folder is made only now: a refused configuration or base model leaves nothing behind.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
     split_path = out_dir / "split.json"
     if config.resume and split_path.exists():
         split = load_split(split_path, data.cases)
@@ -396,6 +404,7 @@ class _Run:
     best_epoch: int | None = None
     bad: int = 0
     run_start: float = 0.0
+    created_dir: bool = False  # the run made out_dir (an interrupted run before any checkpoint removes it)
 
     @property
     def metric_name(self) -> str:
@@ -408,7 +417,7 @@ class _Run:
     def save_checkpoint(self, epoch: int) -> None:
         state = {key: getattr(self, attr).state_dict() for key, attr in CHECKPOINT_STATE_DICTS.items()}
         counters = {key: getattr(self, attr) for key, attr in CHECKPOINT_COUNTERS.items()}
-        torch.save({**state, **counters, "epoch": epoch}, self.checkpoint_path)
+        _save_atomic({**state, **counters, "epoch": epoch}, self.checkpoint_path)
 
     def restore_checkpoint(self) -> None:
         ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
@@ -483,11 +492,11 @@ def _validate_epoch(run: _Run, epoch: int, data: _Loaders, row: dict) -> None:
         row[run.metric_name] = value
         if _better(run.plan.task, value, run.best_metric):
             run.best_metric, run.best_epoch, run.bad = value, epoch, 0
-            torch.save(run.net.state_dict(), run.out_dir / "model.pt")
+            _save_atomic(run.net.state_dict(), run.out_dir / "model.pt")
         else:
             run.bad += 1
     elif not data.val_items:  # without validation cases the last weights are the result
-        torch.save(run.net.state_dict(), run.out_dir / "model.pt")
+        _save_atomic(run.net.state_dict(), run.out_dir / "model.pt")
         run.best_epoch = epoch
 
 
@@ -514,9 +523,13 @@ def _epochs(run: _Run, data: _Loaders) -> tuple[str, int, float]:
                 stopped = "early stopping"
                 log.info("early stopping after %d validations without improvement", run.bad)
                 break
-    except Cancelled:
-        stopped = "cancelled"
-        log.info("training cancelled in epoch %d; keeping the best checkpoint (epoch %s)", epoch, run.best_epoch)
+    except (Cancelled, KeyboardInterrupt) as exc:  # Ctrl-C: a loadable model folder (best checkpoint + card) or nothing
+        stopped = "interrupted" if isinstance(exc, KeyboardInterrupt) else "cancelled"
+        log.info("training %s in epoch %d; keeping the best checkpoint (epoch %s)", stopped, epoch, run.best_epoch)
+        if stopped == "interrupted" and not (run.out_dir / "model.pt").exists():
+            if run.created_dir:
+                shutil.rmtree(run.out_dir, ignore_errors=True)
+            raise
     return stopped, epoch, samples_done / max(train_time, 1e-9)
 
 
@@ -533,7 +546,7 @@ def _finish(run: _Run, data: TrainingData, split: dict, stopped: str, epoch: int
         card_path = write_card(out_dir, **card_args)
         if plan.task == "multilabel" and config.evaluate_test and split.get("test"):
             log.warning("multi-label models are not evaluated on the test cases yet; use `medai classify` on them")
-        elif stopped != "cancelled" and config.evaluate_test and split.get("test"):
+        elif stopped not in ("cancelled", "interrupted") and config.evaluate_test and split.get("test"):
             from ..evaluate import evaluate_model
 
             run.event("test", epoch, steps, steps, None)
@@ -555,7 +568,7 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
     from monai.utils import set_determinism
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = not out_dir.exists()
     cancel = cancel or CancelToken()
     callback = callback or (lambda e: None)
     device = resolve_device(config.device)
@@ -563,6 +576,7 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
     plan = _plan(data, config)
     split = _split(data, config, out_dir)
     run = _start_run(config, plan, out_dir, device, callback, cancel)
+    run.created_dir = created
     callback(TrainEvent("cache", run.start_epoch, config.epochs))
     loaders = _loaders(data, plan, config, split)
     run.run_start = time.perf_counter()
@@ -570,6 +584,13 @@ def train(data: TrainingData, out_dir: str | Path, config: TrainConfig, callback
     card_path, test_summary = _finish(run, data, split, stopped, epoch, loaders.steps)
     run.event("done", epoch, loaders.steps, loaders.steps, run.history[-1]["loss"] if run.history else None, eta=0.0)
     return TrainResult(out_dir, card_path, run.history, run.best_metric, run.best_epoch, run.metric_name, stopped, test_summary, throughput)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    """``torch.save`` that never leaves a half-written file under ``path`` (Ctrl-C, full disk)."""
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def config_record(config: TrainConfig) -> dict:

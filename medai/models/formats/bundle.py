@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...fetch import cache_dir, safe_extract_member, sha256_of
 from ...results import Label
+from .. import trust
 from ..card import ModelCard, ModelLoadError, bundle_class_names, bundle_output, parse_labels
 from . import ModelFormat, zip_names
 
@@ -177,6 +178,7 @@ def _load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     infer_path = _find_config(folder, "inference")
     if not meta_path.exists() or infer_path is None:
         raise ModelLoadError(f"{folder}: not a MONAI Bundle (needs configs/metadata.json and configs/inference.json|yaml)")
+    trust.require("MONAI Bundle", trust.bundle_code(folder))
     parser = ConfigParser()
     parser.read_meta(str(meta_path))
     parser.read_config(str(infer_path))
