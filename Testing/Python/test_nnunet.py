@@ -50,8 +50,9 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture
-def trust(monkeypatch):
-    monkeypatch.setenv(nn_format.TRUST_ENV, "1")
+def trust(monkeypatch, tmp_path):
+    """A fresh MEDAI_HOME (cache, remembered trust decisions); the tests trust their own models with trust=True."""
+    monkeypatch.setenv("MEDAI_HOME", str(tmp_path / "home"))
 
 
 def nnunet_reference(folder: Path, image: Path, out_dir: Path, folds, mirroring: bool) -> np.ndarray:
@@ -77,7 +78,7 @@ def test_result_equals_nnunet_predict_from_files(models, trust, tmp_path, case):
     voxels = blob_image() if oblique else (100 * blob_image()).astype(np.int16)  # CT-like integers: cast as nnU-Net does
     image = write_volume(Volume(voxels, affine, "case"), tmp_path / f"case_0000{suffix}")
     folds = [0, 1] if oblique else [0]
-    model = load_model(models["plain"].parent, "cpu")
+    model = load_model(models["plain"].parent, "cpu", trust=True)
     nn_format.configure(model, folds=folds, use_mirroring=oblique)
     volume = read_image(image)
     result = segment(model, [volume])
@@ -96,7 +97,7 @@ def test_two_input_channels_in_order(models, trust, tmp_path):
 
     affine = np.diag([-1.5, -1.7, 2.3, 1.0])
     files = [write_volume(Volume(blob_image(seed=s), affine, "case"), tmp_path / f"case_000{s}.nii.gz") for s in (0, 1)]
-    model = load_model(models["two"], "cpu")
+    model = load_model(models["two"], "cpu", trust=True)
     assert [i["name"] for i in model.card.inputs] == ["T1", "T2"]
     nn_format.configure(model, use_mirroring=False)
     result = segment(model, [read_image(f) for f in files])
@@ -122,7 +123,7 @@ def test_nibabel_reorient_reader_and_plans_transpose(models, trust, tmp_path):
 
     affine = oblique_affine(spacing=(1.4, 1.6, 2.2))  # LPS-ish, rotated, flipped: far from RAS voxel order
     image = write_volume(Volume(blob_image(seed=2), affine, "case"), tmp_path / "case_0000.nii.gz")
-    model = load_model(models["reorient"], "cpu")
+    model = load_model(models["reorient"], "cpu", trust=True)
     nn_format.configure(model, use_mirroring=False)
     volume = read_image(image)
     result = segment(model, [volume])
@@ -137,7 +138,7 @@ def test_region_based_labels_one_layer_per_region(models, trust, tmp_path):
     from medai.models.loader import load_model
 
     image = write_volume(Volume(blob_image(seed=1), np.diag([-1.5, -1.7, 2.3, 1.0]), "case"), tmp_path / "case_0000.nii.gz")
-    model = load_model(models["regions"], "cpu")
+    model = load_model(models["regions"], "cpu", trust=True)
     nn_format.configure(model, use_mirroring=False)
     result = segment(model, [read_image(image)])
     assert [(lab.name, lab.layer, lab.value) for lab in result.labels] == [("whole", 0, 1), ("core", 1, 1)]
@@ -150,15 +151,29 @@ def test_region_based_labels_one_layer_per_region(models, trust, tmp_path):
 
 
 @needs_nnunet
-def test_untrusted_checkpoint_is_refused(models, monkeypatch):
-    from medai.models.loader import clear_cache, load_model
+def test_untrusted_checkpoint_is_refused_until_trusted(models, trust):
+    from medai.models import trust as trust_rules
+    from medai.models.loader import load_model
+    from medai.models.trust import ModelTrustError
 
-    monkeypatch.delenv(nn_format.TRUST_ENV, raising=False)
-    clear_cache()
-    with pytest.raises(ModelLoadError, match="full pickle") as err:
-        load_model(models["plain"], "cpu")
-    assert "--trust" in str(err.value) and nn_format.TRUST_ENV in str(err.value)
-    assert nn_format.trusted({"trusted": True}) and not nn_format.trusted({})
+    plain = models["plain"]
+    with pytest.raises(ModelTrustError, match="full pickle") as err:
+        load_model(plain, "cpu")
+    assert "--trust" in str(err.value) and "fold_0/checkpoint_final.pth" in str(err.value)
+    assert "full pickle" in trust_rules.untrusted_code(plain)[0]  # what Slicer asks about before a run
+    assert "full pickle" in trust_rules.untrusted_code(plain.parent)[0]
+    with pytest.raises(ModelTrustError):  # outside load_model: refused unless the caller trusts it in code
+        nn_format.FORMAT.load(plain, __import__("torch").device("cpu"))
+    assert nn_format.FORMAT.load(plain, __import__("torch").device("cpu"), {"trusted": True}).kind == "nnunet"
+    (plain / nn_format.OPTIONS_FILE).write_text('{"trusted": true}')
+    try:
+        with pytest.raises(ModelLoadError, match="cannot be set by the model's own folder"):
+            load_model(plain, "cpu", trust=True)
+    finally:
+        (plain / nn_format.OPTIONS_FILE).unlink()
+    trust_rules.trust_model(plain)  # remembered, as Slicer does after asking
+    assert trust_rules.untrusted_code(plain) == []
+    assert load_model(plain, "cpu").kind == "nnunet"
 
 
 @needs_nnunet
@@ -187,7 +202,7 @@ def test_recognised_as_folder_dataset_folder_and_zip(models, trust, tmp_path):
 def test_cancel_between_tiles_and_the_model_runs_again(models, trust):
     from medai.models.loader import load_model
 
-    model = load_model(models["plain"], "cpu")
+    model = load_model(models["plain"], "cpu", trust=True)
     nn_format.configure(model, folds=[0], use_mirroring=False)
     volume = Volume(blob_image(), np.diag([-1.5, -1.7, 2.3, 1.0]))
     token, seen = CancelToken(), []
@@ -211,7 +226,7 @@ def test_cli_segment_with_an_nnunet_folder(models, trust, tmp_path, capsys):
     image = write_volume(Volume(blob_image(), np.diag([-1.5, -1.7, 2.3, 1.0]), "case"), tmp_path / "case.nii.gz")
     (models["plain"] / nn_format.OPTIONS_FILE).write_text('{"folds": [0], "use_mirroring": false}')
     try:
-        assert main(["segment", str(image), "-m", str(models["plain"]), "-o", str(tmp_path / "out.seg.nrrd"), "--device", "cpu"]) == 0
+        assert main(["segment", str(image), "-m", str(models["plain"]), "-o", str(tmp_path / "out.seg.nrrd"), "--device", "cpu", "--trust"]) == 0
     finally:
         (models["plain"] / nn_format.OPTIONS_FILE).unlink()
     out = capsys.readouterr().out
@@ -223,7 +238,7 @@ def test_cli_segment_with_an_nnunet_folder(models, trust, tmp_path, capsys):
 def test_a_missing_fold_is_a_clear_error(models, trust):
     from medai.models.loader import load_model
 
-    model = load_model(models["plain"], "cpu")
+    model = load_model(models["plain"], "cpu", trust=True)
     with pytest.raises(ModelLoadError, match="check the folds option"):
         nn_format.configure(model, folds=[3])
     with pytest.raises(ModelLoadError, match="unknown nnU-Net option"):

@@ -202,6 +202,10 @@ def untrusted_code(spec: str | Path) -> list[str]:
         return []
     if path.is_dir() and (path / "configs" / "metadata.json").exists():
         return bundle_code(path)
+    from .formats import nnunet  # torch-free: nnU-Net folders and zips hold full-pickle checkpoints
+
+    if nnunet.FORMAT.recognise(path):
+        return nnunet.pickle_code(path)
     if path.suffix.lower() == ".zip":
         return [f"{path.name}: a MONAI Bundle not in the MedAI catalog; its configs build Python objects"]
     card = next((path / n for n in CARD_NAMES if (path / n).exists()), None) if path.is_dir() else (

@@ -13,7 +13,8 @@ volume, so the labelmap equals ``predict_from_files`` on that file. Options (:da
 come from ``medai_nnunet.json`` in the result folder or :func:`configure`; see ``docs/nnunet.md``.
 
 nnU-Net checkpoints are full pickles (``torch.load(weights_only=False)``), which can run code:
-they are loaded only when trusted (:func:`trusted`).
+they are loaded only when trusted (:mod:`medai.models.trust`: ``--trust``, ``trust=True``, a
+remembered decision; see :func:`trusted`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -53,7 +53,6 @@ NNUNET_REQUIREMENTS = (
     "seaborn==0.13.2", "scikit-learn==1.9.1", "joblib==1.6.0", "cloudpickle==3.1.3", "narwhals==2.29.0",
 )
 INSTALL_HINT = "python -m pip install --no-deps " + " ".join(NNUNET_REQUIREMENTS)
-TRUST_ENV = "MEDAI_TRUST_PICKLE"
 OPTIONS_FILE = "medai_nnunet.json"
 # What a run may change; medai_nnunet.json in the result folder or configure() sets them.
 DEFAULTS: dict[str, Any] = {
@@ -62,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "use_mirroring": True,  # test-time mirroring along the axes the trainer allows
     "tile_step_size": 0.5,  # sliding-window step as a fraction of the patch (nnU-Net's default)
     "device": None,  # None: the device the model was loaded on; or "cpu", "cuda:N", "mps"
-    "trusted": False,  # full pickle loading of the checkpoints allowed (see trusted())
+    "trusted": False,  # the caller trusts the checkpoints (full pickle); only from code, never from the file
 }
 log = logging.getLogger(__name__)
 _FOLD = re.compile(r"^fold_(\d+|all)$")
@@ -174,18 +173,31 @@ def dataset_labels(dataset: dict, where: str) -> tuple[list[Label], bool]:
 
 
 def trusted(options: dict) -> bool:
-    """True when full pickle loading of this model's checkpoints is allowed.
+    """True when the caller trusted this model in code (``configure(model, trusted=True)`` or ``load(..., options)``).
 
-    One place for the trust decision: an option (``trusted: true`` in medai_nnunet.json, or
-    :func:`configure`) or the environment variable ``MEDAI_TRUST_PICKLE=1``.
+    Never from medai_nnunet.json (a model folder cannot trust itself). Otherwise
+    :func:`medai.models.trust.require` decides: ``--trust`` / ``load_model(..., trust=True)``, a
+    catalog model, or a decision remembered by ``trust_model``.
     """
-    return bool(options.get("trusted")) or os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+    return options.get("trusted") is True
+
+
+def pickle_code(path: Path, checkpoint: str = DEFAULTS["checkpoint"]) -> list[str]:
+    """What loading would run: the fold checkpoints (folder or zip), which nnU-Net reads with full pickle (torch-free)."""
+    names = sorted(n for n in (zip_names(path) if path.is_file() else _folder_names(path))
+                   if n.split("/")[-1] == checkpoint and n.count("/") >= 1 and _FOLD.match(n.split("/")[-2]))
+    return [f"nnU-Net checkpoint(s) {', '.join(names[:5])} need full pickle (torch.load weights_only=False), "
+            "which runs any code they hold"] if names else []
 
 
 def read_options(folder: Path, overrides: dict | None = None) -> dict:
     options = dict(DEFAULTS)
     if (folder / OPTIONS_FILE).exists():
-        options.update(read_json(folder / OPTIONS_FILE))
+        from_file = read_json(folder / OPTIONS_FILE)
+        if "trusted" in from_file:
+            raise ModelLoadError(f"{folder / OPTIONS_FILE}: 'trusted' cannot be set by the model's own folder; "
+                                 "use --trust, load_model(..., trust=True) or medai.models.trust.trust_model")
+        options.update(from_file)
     options.update(overrides or {})
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -237,10 +249,9 @@ def make_predictor(folder: Path, options: dict, device: torch.device) -> Any:
     if not checkpoints:
         raise ModelLoadError(f"{folder}: no fold_N/{options['checkpoint']}; train or download the model's checkpoints")
     if not trusted(options):
-        raise ModelLoadError(
-            f"{checkpoints[0]}: an nnU-Net checkpoint is read with full pickle (torch.load weights_only=False), which can run "
-            f"any code it holds. Load it only from a source you trust: set {TRUST_ENV}=1 (or pass --trust where the command offers it), or put "
-            f'{{"trusted": true}} into {folder / OPTIONS_FILE}')
+        from .. import trust
+
+        trust.require("nnU-Net model", pickle_code(folder, options["checkpoint"]), unscoped_trusted=False)
     dev = _device(options, device)
     folds = options["folds"]
     folds = tuple(f if f == "all" else int(f) for f in ([folds] if isinstance(folds, (int, str)) else folds)) if folds is not None else None
@@ -346,7 +357,8 @@ class NNUNetFormat(ModelFormat):
                  "configuration": folder.name.split("__")[-1], "reader": plans.get("image_reader_writer", "SimpleITKIO")},
         )
         model = LoadedModel(card, [predictor.network], _device(opts, device), self.name, folder)
-        model.nnunet = NNUNetModel(folder, predictor, opts, regions)  # type: ignore[attr-defined]
+        # it passed the trust check: configure() may re-initialise the same folder (other folds) without asking again
+        model.nnunet = NNUNetModel(folder, predictor, {**opts, "trusted": True}, regions)  # type: ignore[attr-defined]
         return model
 
     def segment(self, model: LoadedModel, volumes: list[Volume], progress: Progress) -> SegmentationResult:
