@@ -54,6 +54,17 @@ class InstallPlan:
         return "MedAI needs these Python packages, which are not installed yet:\n  " + "\n  ".join(items)
 
 
+def optional_sets_for(spec: str | None) -> tuple[str, ...]:
+    """The optional package sets the model at ``spec`` needs (``("nnunet",)`` for nnU-Net v2 folders and zips); torch-free."""
+    from pathlib import Path
+
+    if not spec or not Path(spec).expanduser().exists():
+        return ()
+    from medai.models.formats.nnunet import FORMAT  # recognition reads file names only
+
+    return ("nnunet",) if FORMAT.recognise(Path(spec).expanduser()) else ()
+
+
 def plan_install(find_spec: Callable[[str], object] = importlib.util.find_spec, optional: tuple[str, ...] = ()) -> InstallPlan:
     """Which of torch, monai, the other requirements and the ``optional`` sets are missing (nothing is imported)."""
     importlib.invalidate_caches()  # packages installed in this session are found

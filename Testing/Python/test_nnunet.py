@@ -291,3 +291,18 @@ def test_slicer_installs_the_nnunet_set_with_no_deps_and_never_torch(packaging):
         assert calls == [("util.pip_install", ["--no-deps", *nn_format.NNUNET_REQUIREMENTS], {})]
         assert "nnunetv2==2.8.1" in asked[0]
         assert not any(r.split("==")[0].lower() in ("torch", "simpleitk", "numpy") for r in calls[0][1][1:])
+
+
+def test_the_panel_asks_for_the_nnunet_set_only_for_nnunet_models(tmp_path):
+    from slicer_python import slicer_python
+
+    (tmp_path / "fold_all").mkdir()
+    (tmp_path / "fold_all" / "checkpoint_final.pth").write_bytes(b"")
+    for name in ("plans.json", "dataset.json"):
+        (tmp_path / name).write_text("{}")
+    with slicer_python(packaging=True):
+        from MedAILib import dependencies as deps
+
+        assert deps.optional_sets_for(str(tmp_path)) == ("nnunet",)
+        assert deps.optional_sets_for(str(tmp_path / "fold_all")) == ()
+        assert deps.optional_sets_for(None) == () and deps.optional_sets_for(str(tmp_path / "missing")) == ()
