@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -50,9 +51,10 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture
-def trust(monkeypatch, tmp_path):
+def trust(monkeypatch, tmp_path) -> Path:
     """A fresh MEDAI_HOME (cache, remembered trust decisions); the tests trust their own models with trust=True."""
     monkeypatch.setenv("MEDAI_HOME", str(tmp_path / "home"))
+    return tmp_path
 
 
 def nnunet_reference(folder: Path, image: Path, out_dir: Path, folds, mirroring: bool) -> np.ndarray:
@@ -174,6 +176,13 @@ def test_untrusted_checkpoint_is_refused_until_trusted(models, trust):
     trust_rules.trust_model(plain)  # remembered, as Slicer does after asking
     assert trust_rules.untrusted_code(plain) == []
     assert load_model(plain, "cpu").kind == "nnunet"
+    copy = trust / "copy" / plain.name
+    shutil.copytree(plain, copy)
+    trust_rules.trust_model(copy)
+    assert trust_rules.untrusted_code(copy) == []
+    with open(copy / "fold_1" / "checkpoint_final.pth", "ab") as fh:  # a swapped checkpoint is new code: asked again
+        fh.write(b"\0")
+    assert trust_rules.untrusted_code(copy)
 
 
 @needs_nnunet

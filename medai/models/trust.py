@@ -100,7 +100,10 @@ def code_files(path: Path) -> list[Path]:
     """The files that decide what a model runs: the card or zip itself, a bundle's configs and scripts (not its weights)."""
     path = Path(path)
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() not in WEIGHT_SUFFIXES
+        from .formats import nnunet  # torch-free
+
+        pickled = (".pth",) if nnunet.FORMAT.recognise(path) else ()  # nnU-Net checkpoints are full pickles: code
+        return sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix.lower() in pickled or p.suffix.lower() not in WEIGHT_SUFFIXES)
                       and not p.name.startswith(".") and "docs" not in p.relative_to(path).parts)
     if path.suffix.lower() in (".json", ".zip"):
         return [path]
