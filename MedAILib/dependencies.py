@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 TORCH_VERSION = ">=2.0"  # PyTorchUtils' torchVersionRequirement: appended to "torch"
 TORCH_REQUIREMENT = "torch" + TORCH_VERSION
 # What medai needs besides torch (numpy and SimpleITK ship with Slicer).
-OTHER_REQUIREMENTS = {"monai": "monai>=1.4", "scipy": "scipy", "tqdm": "tqdm", "nibabel": "nibabel"}
+OTHER_REQUIREMENTS = {"monai": "monai>=1.4", "scipy": "scipy", "tqdm": "tqdm", "nibabel": "nibabel",
+                      "cc3d": "connected-components-3d==4.1.1", "fill_voids": "fill-voids==2.1.2"}
 REQUESTER = "MedAI"
 # Optional package sets, asked for only by the models that need them (plan_install(optional=...)). They are
 # installed with --no-deps from exact pins, so that they never replace torch or SimpleITK.

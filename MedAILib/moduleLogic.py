@@ -94,6 +94,24 @@ class MedAIModuleLogic(ScriptedLoadableModuleLogic):
             register or registerModel, poll=slicer.app.processEvents), waitForCompletion, completedCallback,
             self.trainRunner)
 
+    def trainRecipe(self, name: str, device: str = "auto", waitForCompletion: bool = True,
+                    progressCallback: Callable | None = None, completedCallback: Callable | None = None,
+                    register: Callable | None = None, replace: bool = False, **overrides):
+        """Train the catalog recipe ``name`` (e.g. "pneumonia": data fetched and MD5-checked on the worker) into
+        MedAI's cache, where the catalog's model of that name finds it; like :meth:`train` otherwise."""
+        from medai.training import recipes
+        from MedAILib.widgets import registerModel, runJob
+
+        recipe = recipes.get(name)
+        folder = recipes.output_folder(recipe)
+        if (folder / "medai.json").exists() and not replace:
+            raise ValueError(f"{folder} already holds the trained '{name}' model; retrain with replace=True")
+        config = recipes.config(recipe, {"device": device, **overrides})
+        return runJob(self.trainPump, lambda wait, completed: self.trainRunner.train(
+            recipes.RecipeSource(name), folder, config, wait, progressCallback, completed, None,
+            register or registerModel, poll=slicer.app.processEvents), waitForCompletion, completedCallback,
+            self.trainRunner)
+
     def _runJob(self, start: Callable, waitForCompletion: bool, completedCallback: Callable | None):
         """``start(wait, completed)`` calls the runner; see :func:`MedAILib.widgets.runJob`."""
         from MedAILib.widgets import runJob

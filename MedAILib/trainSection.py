@@ -48,6 +48,13 @@ class TrainSection:
         self.ui.trainProgressBar.setRange(0, 1000)
         self.ui.trainProgressBar.hide()
 
+        self.recipeButtons = []  # one per catalog recipe of this task, e.g. "Pneumonia on chest X-rays (train it yourself)"
+        for recipe in panel.train_recipes(task):
+            button = qt.QPushButton(f"Train the {recipe['name']} recipe")
+            button.toolTip = f"{recipe.get('title', '')}: {recipe.get('description', '')}"
+            button.connect("clicked(bool)", lambda checked=False, name=recipe["name"]: self.onRecipeButton(name))
+            self.ui.trainButton.parentWidget().layout().addWidget(button)
+            self.recipeButtons.append(button)
         self.ui.trainCollapsibleButton.connect("contentsCollapsed(bool)", self.onCollapsed)
         self.ui.refreshCasesButton.connect("clicked(bool)", self.refreshCases)
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
@@ -120,6 +127,26 @@ class TrainSection:
             self._setRunning(False, "Not started")
             slicer.util.errorDisplay(str(exc))
 
+    def onRecipeButton(self, name: str) -> None:
+        """Train a catalog recipe (its own data and settings) with the same progress, Cancel and registration."""
+        from MedAILib.dependencies import ensure_dependencies
+
+        if self.running or not ensure_dependencies():
+            return
+        from medai.models.catalog import model_dir
+
+        replace = (model_dir(name) / "medai.json").exists()
+        if replace and not slicer.util.confirmOkCancelDisplay(f"The '{name}' model is already trained. Train it again?"):
+            return
+        self._setRunning(True, f"Training the {name} recipe (downloading its data first if needed)...")
+        try:
+            self.moduleWidget.logic.trainRecipe(name, self.moduleWidget.devices.currentDevice(), waitForCompletion=False,
+                                                progressCallback=self.onProgress, completedCallback=self.onCompleted,
+                                                register=self.moduleWidget.models.addModel, replace=replace)
+        except Exception as exc:
+            self._setRunning(False, "Not started")
+            slicer.util.errorDisplay(str(exc))
+
     def onProgress(self, fraction: float, text: str) -> None:
         self.ui.trainProgressBar.value = int(1000 * fraction)
         self.ui.trainStatusLabel.text = text[:1].upper() + text[1:]
@@ -161,7 +188,7 @@ class TrainSection:
         self.ui.trainProgressBar.visible = running
         self.ui.trainStatusLabel.text = status
         for w in (self.ui.casesListWidget, self.ui.tableSelector, self.ui.networkComboBox, self.ui.epochsSpinBox,
-                  self.ui.modelNameLineEdit, self.ui.outputFolderPathLineEdit, self.ui.finetuneComboBox):
+                  self.ui.modelNameLineEdit, self.ui.outputFolderPathLineEdit, self.ui.finetuneComboBox, *self.recipeButtons):
             w.enabled = not running
         if running:
             self._start = time.perf_counter()

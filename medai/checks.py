@@ -210,13 +210,12 @@ def heatmap_warnings(heatmap: np.ndarray | None, name: str, threshold: float = 0
     return []
 
 
-def plausibility_warnings(card_raw: dict, volumes_ml: dict[int, tuple[str, float]], model_name: str) -> list[str]:
-    """Labels whose volume lies outside the card's ``expected.volume_ml`` ranges ({label value: [min, max]})."""
-    expected = (card_raw.get("expected") or {}).get("volume_ml") or {} if isinstance(card_raw, dict) else {}
+def plausibility_warnings(expected: dict[int, tuple[float, float]], volumes_ml: dict[int, tuple[str, float]],
+                          model_name: str) -> list[str]:
+    """Labels whose volume lies outside the card's ``expected.volume_ml`` ranges ({label value: (min, max)})."""
     out = []
-    for key, bounds in expected.items():
-        value = int(key)
-        if value not in volumes_ml or not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+    for value, bounds in expected.items():
+        if value not in volumes_ml:
             continue
         name, ml = volumes_ml[value]
         if not float(bounds[0]) <= ml <= float(bounds[1]):

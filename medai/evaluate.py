@@ -1,7 +1,7 @@
 """Evaluation: run a model on labelled cases (or take predictions from files) and compare with references.
 
-Writes ``per_case.csv``, ``summary.csv``, ``metrics.json`` and plots (ROC curves and confusion
-matrix for classification) into a report folder. Segmentation runs through the normal engine
+Writes ``per_case.csv``, ``summary.csv``, ``metrics.json`` and plots (per-label Dice and HD95 for
+segmentation, ROC curves and confusion matrix for classification) into a report folder. Segmentation runs through the normal engine
 (:func:`medai.engine.segment.segment`), so what is measured is what a user gets.
 """
 
@@ -185,6 +185,8 @@ def write_report(report: EvalReport, out_dir: Path, classes: list[str] | None = 
     report.files.append(_write_csv(report.summary_rows(), out_dir / "summary.csv"))
     (out_dir / "metrics.json").write_text(json.dumps(json_ready(report.summary), indent=1))
     report.files.append(out_dir / "metrics.json")
+    if report.task == "segmentation" and report.summary.get("per_label"):
+        report.files.append(plots.segmentation_metrics_plot(report.summary["per_label"], report.rows, out_dir / "segmentation_metrics.png"))
     if report.task == "classification" and classes:
         report.files.append(plots.confusion_matrix_plot(report.summary["confusion_matrix"], classes, out_dir / "confusion_matrix.png"))
         if curves:

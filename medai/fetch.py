@@ -2,7 +2,8 @@
 
 Two kinds of source, both real code paths:
 
-* ``{"url": "https://.../file", "sha256": ...}``: an HTTP(S) or ``file://`` download.
+* ``{"url": "https://.../file", "sha256": ...}``: an HTTP(S) or ``file://`` download (or ``"md5"`` where
+  the publisher gives only an MD5, as MedMNIST does).
 * ``{"pypi": "deepbet==1.0.2", "sha256": <wheel sha256>, "members": {...}}``: a wheel fetched with
   ``pip download --no-deps``, checked, and the listed members extracted from it.
 * ``{"zoo": "spleen_ct_segmentation", "version": "0.5.9", "sha1": ...}``: a MONAI model-zoo bundle
@@ -368,7 +369,7 @@ def fetch_source(source: dict, dest_dir: Path, what: str, progress: Progress | N
         name = source.get("file") or url_file_name(url.split("?")[0])
         mirrored = mirror_location(url_file_name(url.split("?")[0]))
         target = fetch_file([mirrored] if mirrored else [url], dest_dir / name, what,
-                            {"sha256": source.get("sha256", "")}, progress, cancel)
+                            {"sha256": source.get("sha256", ""), "md5": source.get("md5", "")}, progress, cancel)
         return {name: target}
     if "path" in source:
         path = Path(os.path.expanduser(source["path"]))

@@ -89,11 +89,15 @@ def read_image(path: str | os.PathLike, series: str | None = None) -> Volume:
     if not path.exists():
         raise FileNotFoundError(f"input image not found: {path}")
     name = path.name
-    if _is_dicom(path):
+    from .radiograph import is_projection_dicom, is_radiograph, read_radiograph
+
+    if _is_dicom(path) and not (path.is_file() and is_projection_dicom(path)):
         from .dicom.series import read_dicom
 
         return read_dicom(path, series)
     else:
+        if is_radiograph(path):  # PNG, JPEG, a projection DICOM file: photometric interpretation and pixel spacing honoured
+            return read_radiograph(path)
         for suffix in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr"):
             if name.lower().endswith(suffix):
                 name = name[: -len(suffix)]

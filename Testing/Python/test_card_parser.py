@@ -113,3 +113,11 @@ def test_multilabel_segmentation_thresholds_each_layer_at_the_card_threshold(tmp
         assert len(result.layers) == 2 and [lab.layer for lab in result.labels] == [0, 1]
         sizes.append(sum(int(layer.sum()) for layer in result.layers))
     assert sizes[0] > sizes[1]  # a lower threshold keeps more voxels
+
+
+def test_expected_volume_ranges_are_typed_and_checked_when_read(tmp_path):
+    card = parse_card(_card(task="segmentation", labels={"1": "brain"}, expected={"volume_ml": {"1": [900, 2300]}}), tmp_path)
+    assert card.expected_volume_ml == {1: (900.0, 2300.0)}
+    for bad in ({"volume_ml": {"1": [2300, 900]}}, {"volume_ml": {"brain": [1, 2]}}, {"volume_ml": {"1": "big"}}, [1, 2]):
+        with pytest.raises(ModelCardError, match="expected"):
+            parse_card(_card(task="segmentation", labels={"1": "brain"}, expected=bad), tmp_path)

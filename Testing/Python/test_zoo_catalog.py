@@ -278,7 +278,7 @@ def test_bundles_import_their_own_scripts_package(model_zoo, tmp_path):
         (folder / "configs" / "inference.json").write_text(json.dumps(cfg))
         (folder / "models").mkdir()
         torch.save(torch.nn.Conv3d(1, channels, 1).state_dict(), folder / "models" / "model.pt")
-        models.append(load_model(folder, "cpu"))
+        models.append(load_model(folder, "cpu", trust=True))
     assert [m.networks[0].out_channels for m in models] == [2, 3]
     assert str(tmp_path / "bundle1") not in sys.path
 
@@ -298,7 +298,7 @@ def test_bundle_weights_and_labels_named_by_its_inference_config(model_zoo, tmp_
     meta = json.loads((folder / "configs" / "metadata.json").read_text())
     meta["network_data_format"]["outputs"]["pred"].pop("channel_def")
     (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
-    model = load_model(folder, "cpu")
+    model = load_model(folder, "cpu", trust=True)
     assert [(lab.value, lab.name) for lab in model.labels] == [(1, "liver")]
     import torch
 

@@ -8,12 +8,6 @@ import time
 from pathlib import Path
 
 from ..dicom.outputs import add_input_option, write_classify_sr
-from ..dicom.seg import require_source
-from ..engine.classify import classify
-from ..explain.gradcam import METHODS
-from ..geometry import Volume
-from ..io import check_format_holds_grid, read_image, suffix_of, write_volume
-from ..models.loader import load_model
 from ..requests import ClassifyRequest
 from .progressbar import ProgressBar
 from .safety import add_trust_argument, check_outputs, print_warnings
@@ -27,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--model", "-m", required=True, help="bundle folder or .zip, model card .json, TorchScript or .onnx file (card beside it), or catalog name")
     p.add_argument("-o", "--output", required=True, help="CSV: one row per image with the predicted class and each class's score")
     p.add_argument("--explain", metavar="HEATMAP", help="write the explanation heatmap on the input's grid (.nii.gz, .nrrd, .mha); several cases get _<name> appended")
-    p.add_argument("--method", default="gradcam", choices=METHODS, help="explanation method (occlusion is slow; the only one for ONNX/TorchScript)")
+    p.add_argument("--method", default="gradcam", help="explanation method: gradcam, gradcam++ or occlusion (occlusion is slow; the only one for ONNX/TorchScript)")
     p.add_argument("--target-class", default=None, help="class (name or index) to explain; default: the predicted class")
     p.add_argument("--region", metavar="MASK", help="classify only this region (non-zero voxels of a mask image), cropped with a margin")
     p.add_argument("--findings", metavar="CSV", help="write the localised findings (hot spots, region components) as CSV")
@@ -58,6 +52,16 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def run(args) -> int:
+    # imported here so that `medai --help` and `medai models` never load torch
+    from ..dicom.seg import require_source
+    from ..engine.classify import classify
+    from ..explain.gradcam import METHODS
+    from ..geometry import Volume
+    from ..io import check_format_holds_grid, read_image, suffix_of, write_volume
+    from ..models.loader import load_model
+
+    if args.method not in METHODS:
+        raise ValueError(f"--method {args.method!r} unknown; use one of {', '.join(METHODS)}")
     out = Path(args.output)
     if out.suffix.lower() != ".csv":
         raise ValueError(f"output {out}: use a .csv file")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..demo import run_demo
 from .progressbar import ProgressBar
 from .safety import print_warnings
 
@@ -16,6 +15,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..demo import run_demo
+
     with ProgressBar("demo") as bar:
         report = run_demo(args.output, args.model, args.device, progress=bar)
     print(f"model {report['model']} on {report['device']}")

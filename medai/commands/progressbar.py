@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from tqdm import tqdm
-
 
 class ProgressBar:
     """Callable ``(fraction, stage)`` that drives a tqdm bar on stderr."""
 
     def __init__(self, description: str) -> None:
+        from tqdm import tqdm
+
         self.bar = tqdm(total=1000, desc=description, unit="", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
                         disable=not sys.stderr.isatty(), file=sys.stderr)
 

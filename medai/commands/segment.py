@@ -6,11 +6,6 @@ import time
 from pathlib import Path
 
 from ..dicom.outputs import add_segment_options, write_segment_outputs
-from ..dicom.seg import require_source
-from ..engine.segment import segment
-from ..io import check_format_holds_grid, read_image, suffix_of
-from ..models.loader import load_model
-from ..results import write_segmentation
 from .progressbar import ProgressBar
 from .safety import add_trust_argument, check_outputs, print_warnings
 
@@ -29,18 +24,32 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # imported here so that `medai --help` and `medai models` never load torch
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..dicom.seg import require_source
+    from ..engine.segment import segment
+    from ..io import check_format_holds_grid, read_image, suffix_of
     from ..models import catalog
+    from ..models.loader import load_model
+    from ..results import write_segmentation
 
     out = Path(args.output)
     if suffix_of(out) not in OUTPUT_SUFFIXES:
         raise ValueError(f"output {out}: use one of {', '.join(OUTPUT_SUFFIXES)}")
     check_outputs([out, args.sr], args.images)
-    volumes = [read_image(p, args.series) for p in args.images]
-    if out.suffix.lower() == ".dcm" or args.sr:
-        require_source(volumes[0], "DICOM SEG/SR")  # before the model runs
-    check_format_holds_grid(volumes[0], out)
     start = time.perf_counter()
-    model = load_model(args.model or catalog.default_model_name(), args.device, trust=args.trust)
+    with ThreadPoolExecutor(1) as pool:  # the model loads while the images are read and checked
+        loading = pool.submit(load_model, args.model or catalog.default_model_name(), args.device, None, args.trust)
+        try:
+            volumes = [read_image(p, args.series) for p in args.images]
+            if out.suffix.lower() == ".dcm" or args.sr:
+                require_source(volumes[0], "DICOM SEG/SR")  # before the model runs
+            check_format_holds_grid(volumes[0], out)
+        except BaseException:
+            loading.cancel()  # a load already under way finishes; its result is dropped
+            raise
+        model = loading.result()
     load_s = time.perf_counter() - start
     with ProgressBar(f"segment {Path(args.images[0]).name}") as bar:
         result = segment(model, volumes, bar)
@@ -49,7 +58,7 @@ def run(args) -> int:
     for extra in write_segment_outputs(args, result, model, out):
         if extra != out:
             print(f"{extra}: DICOM SR")
-    total = ", ".join(f"{k} {v:.1f}s" for k, v in {"load": load_s, **result.timings}.items())
+    total = ", ".join(f"{k} {v:.1f}s" for k, v in {"read+load": load_s, **result.timings}.items())
     print(f"{out}: {len(result.labels)} label(s) on {result.device} ({total})")
     for row in result.summary():
         print(f"  {row['label']}: {row['voxels']} voxels, {row['volume_ml']:.1f} mL")

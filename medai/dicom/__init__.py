@@ -7,6 +7,7 @@ requirements.txt; inside Slicer it is installed on first use, see :func:`require
 from __future__ import annotations
 
 HIGHDICOM_PIN = "highdicom==0.28.2"
+ENCODINGS = ("auto", "binary", "labelmap")  # DICOM SEG encodings MedAI writes
 
 
 class DicomError(ValueError):

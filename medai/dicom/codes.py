@@ -71,8 +71,7 @@ class Algorithm:
 def algorithm_of(model) -> Algorithm:
     """The :class:`Algorithm` of a loaded model (card version, sha256 of every network's weights)."""
     card = model.card
-    raw = card.raw if isinstance(card.raw, dict) else {}
-    version = str(raw.get("version") or "")
+    version = card.version
     hashes = [s.sha256 for s in getattr(card, "stages", []) if getattr(s, "sha256", None)]
     return Algorithm(card.name, version, ",".join(hashes))
 

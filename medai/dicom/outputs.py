@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .seg import ENCODINGS
+from . import ENCODINGS
 
 
 def add_input_option(parser) -> None:

@@ -17,13 +17,12 @@ import numpy as np
 
 from ..geometry import LPS_TO_RAS, Volume
 from ..results import Label, SegmentationResult
-from . import DicomError, require_highdicom
+from . import ENCODINGS, DicomError, require_highdicom
 from .codes import Algorithm, coded, parse_terminology, terminology_string, SegmentCodes
 from .series import DicomSource, dicom_source, volume_from_highdicom
 
 log = logging.getLogger(__name__)
 
-ENCODINGS = ("auto", "binary", "labelmap")
 OTHER_FORMATS = ".seg.nrrd, .nii.gz, .nrrd or .mha"
 
 

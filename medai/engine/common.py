@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+import os
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -47,6 +48,47 @@ def activation(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
+def softmax_(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.softmax(x, dim)`` written into ``x`` itself: the same kernel and values, without a second tensor of all classes.
+
+    Call under ``torch.inference_mode()`` for tensors made there; Testing/Python/test_memory.py checks
+    the values are bit-identical to ``torch.softmax`` with the installed torch.
+    """
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"softmax_ needs a float32/float64 tensor, got {x.dtype}")
+    if not x.is_contiguous() or x.device.type != "cpu":  # strided: the kernel writes ``out`` as if contiguous;
+        return x.copy_(torch.softmax(x, dim))  # CUDA: in-place aliasing unverified (no GPU to test): through a copy
+    return torch._softmax(x, dim, False, out=x)
+
+
 def autocast(device: torch.device):
     """float16 autocast on CUDA, nothing on the CPU."""
     return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+
+
+@contextmanager
+def inference(device: torch.device):
+    """Network calls: ``torch.inference_mode`` (no autograd bookkeeping) and float16 autocast on CUDA."""
+    with torch.inference_mode(), autocast(device):
+        yield
+
+
+_threads_set = False
+
+
+def set_cpu_threads() -> int:
+    """Once per process: intra-op threads = the CPUs this process may use (``MEDAI_NUM_THREADS`` overrides).
+
+    torch's default counts the machine's cores, ignoring CPU affinity and container limits, which
+    oversubscribes a restricted process (and the Slicer GUI thread beside it).
+    """
+    global _threads_set
+    if not _threads_set:
+        _threads_set = True
+        env = os.environ.get("MEDAI_NUM_THREADS", "").strip()
+        allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        wanted = int(env) if env.isdigit() and int(env) > 0 else min(torch.get_num_threads(), allowed)
+        if wanted != torch.get_num_threads():
+            log.info("using %d CPU threads", wanted)
+            torch.set_num_threads(wanted)
+    return torch.get_num_threads()

@@ -24,8 +24,7 @@ from ..models.loader import LoadedModel
 from ..resample import grid_with_spacing, resample_channels
 from ..results import Label, SegmentationResult
 from .common import activation as _activation
-from .common import autocast as _autocast
-from .common import stack_inputs
+from .common import inference, set_cpu_threads, softmax_, stack_inputs
 from .intensity import apply_intensity
 from .postprocess import bounding_box, largest_component, postprocess_labelmap
 from .progress import CancelToken, Progress, ProgressCallback
@@ -84,16 +83,16 @@ def _run_network(stage: Stage, net: torch.nn.Module, x: torch.Tensor, affine: np
         out_affine[:3, 3] = affine[:3, 3] + affine[:3, :3] @ ((scale - 1) / 2)
         inp = apply_intensity(inp, stage.intensity, stats)
         progress.update(0.05)
-        with torch.no_grad(), _autocast(device):
+        with inference(device):
             out = net(inp[None].to(device)).float()
         progress.update(1.0)
-        return _activation(out, stage.activation)[0], out_affine
+        return _activate(out, stage.activation)[0], out_affine
     if stage.mode == "whole":
         inp = apply_intensity(x, stage.intensity, stats)
-        with torch.no_grad(), _autocast(device):
+        with inference(device):
             out = net(inp[None].to(device)).float()
         progress.update(1.0)
-        return _activation(out, stage.activation)[0], affine
+        return _activate(out, stage.activation)[0], affine
     # sliding window, optionally at the card's voxel spacing
     from monai.inferers import sliding_window_inference
 
@@ -105,13 +104,18 @@ def _run_network(stage: Stage, net: torch.nn.Module, x: torch.Tensor, affine: np
     roi = stage.roi_size
     predictor = _Predictor(net, progress, _count_windows(tuple(x.shape[1:]), roi, stage.overlap, stage.sw_batch_size))
     big = x[0].numel() * 8 > GPU_STITCH_LIMIT  # room for several output channels
-    with torch.no_grad(), _autocast(device):
+    with inference(device):
         out = sliding_window_inference(
             x[None], roi_size=roi, sw_batch_size=stage.sw_batch_size, predictor=predictor, overlap=stage.overlap,
             mode="gaussian", sw_device=device, device=torch.device("cpu") if big else device,
         )
-    out = torch.as_tensor(out).float()
-    return _activation(out, stage.activation)[0], work_affine
+    return _activate(torch.as_tensor(out).float(), stage.activation)[0], work_affine
+
+
+def _activate(out: torch.Tensor, name: str) -> torch.Tensor:
+    """The card's activation over the class axis of a fresh ``(1, N, ...)`` network output; softmax in place."""
+    with torch.inference_mode():
+        return softmax_(out, 1) if name == "softmax" else _activation(out, name)
 
 
 def _back_to_grid(out: torch.Tensor, out_affine: np.ndarray, stage: Stage, shape: tuple[int, int, int],
@@ -149,20 +153,47 @@ def _localize(out: torch.Tensor, stage: Stage, crop_shape: tuple[int, ...], min_
     return tuple(result)
 
 
-def _discretize(probs: torch.Tensor, card: ModelCard) -> list[np.ndarray]:
-    """Network output on the working grid -> labelmap layers."""
+def _discretize_on_grid(out: torch.Tensor, out_affine: np.ndarray, stage: Stage, shape: tuple[int, int, int],
+                        affine: np.ndarray, card: ModelCard) -> list[np.ndarray]:
+    """Network output -> labelmap layers on the (cropped) working grid, one channel at a time.
+
+    Each channel is brought onto the working grid and discretised before the next one, so memory
+    holds two full-resolution channels, not all of them. The labels are those of resampling every
+    channel and then thresholding or taking the first maximum (``torch.argmax``).
+    """
+    out = out.cpu()
+
+    def channel(c: int) -> torch.Tensor:
+        return _back_to_grid(out[c:c + 1], out_affine, stage, shape, affine)[0]
+
+    n = out.shape[0]
     if card.discretize == "threshold":
         thr = card.threshold
-        return [(probs[c] > thr).numpy().astype(np.uint8) for c in range(probs.shape[0])]
-    if probs.shape[0] == 1:
-        return [(probs[0] > 0.5).numpy().astype(np.uint8)]
-    values = torch.argmax(probs, dim=0)
-    return [values.numpy().astype(np.uint8 if probs.shape[0] < 256 else np.uint16)]
+        return [(channel(c) > thr).numpy().astype(np.uint8) for c in range(n)]
+    if n == 1:
+        return [(channel(0) > 0.5).numpy().astype(np.uint8)]
+    return [running_argmax((channel(c) for c in range(n)), shape, n)]
+
+
+def running_argmax(channels, shape: tuple[int, ...], n: int) -> np.ndarray:
+    """``argmax`` over ``n`` channels given one at a time (first maximum wins, as ``torch.argmax``; NaN never wins)."""
+    labels = torch.zeros(shape, dtype=torch.uint8 if n < 256 else torch.int16)
+    best = None
+    for c, values in enumerate(channels):
+        values = torch.as_tensor(values)
+        if best is None:
+            best = values.clone()
+            continue
+        better = values > best
+        labels[better] = c
+        torch.maximum(best, values, out=best)
+    return labels.numpy() if n < 256 else labels.numpy().astype(np.uint16)
 
 
 def segment_with_card(model: LoadedModel, volumes: list[Volume], progress: Progress) -> SegmentationResult:
     card = model.card
     ref = volumes[0]
+    set_cpu_threads()
     with progress.stage("preprocess", 0.1):
         if any(st.roi_size and len(st.roi_size) == 3 for st in card.stages):
             require_3d(volumes, card.name)
@@ -177,7 +208,7 @@ def segment_with_card(model: LoadedModel, volumes: list[Volume], progress: Progr
     box: tuple[slice, ...] = tuple(slice(0, n) for n in full_shape)
     stats: dict = {}
     weight = 0.8 / len(card.stages)
-    probs = None
+    layers_crop: list[np.ndarray] | None = None
     for stage, net in zip(card.stages, model.networks):
         with progress.stage(f"inference ({stage.name})" if len(card.stages) > 1 else "inference", weight):
             crop = x[(slice(None), *box)]
@@ -187,9 +218,11 @@ def segment_with_card(model: LoadedModel, volumes: list[Volume], progress: Progr
                 local = _localize(out.cpu(), stage, tuple(crop.shape[1:]))
                 box = tuple(slice(b.start + l.start, b.start + l.stop) for b, l in zip(box, local))
                 continue
-            probs = _back_to_grid(out.cpu(), out_affine, stage, tuple(crop.shape[1:]), crop_affine)
+            layers_crop = _discretize_on_grid(out, out_affine, stage, tuple(crop.shape[1:]), crop_affine, card)
+            del out
+    if layers_crop is None:
+        raise ValueError(f"model {card.name}: no stage segments (every stage is a localiser); check the card's stages")
     with progress.stage("postprocess", 0.1):
-        layers_crop = _discretize(probs, card)
         layers = []
         values = [lab.value for lab in card.labels]
         for layer in layers_crop:
@@ -216,11 +249,37 @@ def _to_reference_grid(pred: torch.Tensor, ref: Volume) -> np.ndarray:
     return arr.numpy().transpose(0, 3, 2, 1)
 
 
+def _plain_softmax(step, key: str) -> bool:
+    """Whether ``step`` is ``Activationsd(keys=key, softmax=True)`` and nothing else."""
+    from monai.transforms import Activationsd
+
+    return (type(step) is Activationsd and list(step.keys) == [key] and tuple(step.softmax) == (True,)
+            and tuple(step.sigmoid) == (False,) and tuple(step.other) == (None,)
+            and not step.converter.sigmoid and step.converter.other is None)
+
+
+def run_postprocessing(post, data: dict, key: str = "pred") -> dict:
+    """A bundle's postprocessing Compose on ``data``; a leading softmax ``Activationsd`` runs in place.
+
+    Same values as the bundle's own transform (same torch kernel), but the network-grid output of
+    all classes is not held twice (softmax, then ``AsDiscreted``/``Invertd`` on its copy).
+    """
+    from monai.transforms import Compose
+
+    steps = list(getattr(post, "transforms", []) or [])
+    pred = data.get(key)
+    if type(post) is Compose and steps and _plain_softmax(steps[0], key) and isinstance(pred, torch.Tensor) and pred.dtype == torch.float32:
+        softmax_(pred.as_tensor() if hasattr(pred, "as_tensor") else pred, int(steps[0].converter.kwargs.get("dim", 0)))
+        post = Compose(steps[1:], map_items=post.map_items, unpack_items=post.unpack_items, log_stats=post.log_stats)
+    return post(data)
+
+
 def segment_with_bundle(model: LoadedModel, volumes: list[Volume], progress: Progress) -> SegmentationResult:
     from monai.data import MetaTensor
 
     parts = model.bundle
     ref = volumes[0]
+    set_cpu_threads()
     with progress.stage("preprocess", 0.15):
         expected = len(model.card.inputs)
         roi = getattr(parts.inferer, "roi_size", None)
@@ -238,14 +297,16 @@ def segment_with_bundle(model: LoadedModel, volumes: list[Volume], progress: Pro
         roi = getattr(parts.inferer, "roi_size", None)
         total = _count_windows(tuple(img.shape[1:]), list(roi), getattr(parts.inferer, "overlap", 0.25), getattr(parts.inferer, "sw_batch_size", 1)) if roi else 1
         predictor = _Predictor(net, progress, total)
-        with torch.no_grad(), _autocast(model.device):
+        with inference(model.device):
             pred = parts.inferer(img[None].to(model.device), predictor)
         pred = torch.as_tensor(pred)[0].float().cpu()
         data["pred"] = MetaTensor(pred, affine=img.affine, meta=dict(img.meta))
+        del pred, img  # the bundle's postprocessing may then free the network-grid output as it goes
     with progress.stage("postprocess", 0.15):
         if parts.postprocessing is not None:
-            data = parts.postprocessing(data)
-        out = _to_reference_grid(data["pred"], ref)
+            with torch.inference_mode():
+                data = run_postprocessing(parts.postprocessing, data)
+        out = _to_reference_grid(data.pop("pred"), ref)
         labels = list(model.card.labels)
         if out.shape[0] == 1:
             layers = [np.rint(out[0]).astype(np.uint16 if out.max() > 255 else np.uint8)]
@@ -288,4 +349,4 @@ def result_warnings(result: SegmentationResult, model: LoadedModel) -> list[str]
     counts = np.bincount(result.layers[0].ravel().astype(np.int64))
     volumes = {lab.value: (lab.name, float(counts[lab.value] if lab.value < len(counts) else 0) * result.reference.voxel_volume_ml)
                for lab in result.labels}
-    return plausibility_warnings(model.card.raw, volumes, model.name)
+    return plausibility_warnings(model.card.expected_volume_ml, volumes, model.name)

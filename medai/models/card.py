@@ -171,6 +171,8 @@ class ModelCard:
     unit: str = ""  # regression: the unit of the predicted value
     explain_layer: str | None = None  # Grad-CAM target layer, when the card names one
     strict_weights: bool = True  # False: load the tensors that match by name and shape (backbones)
+    version: str = ""  # the model's own version (card "version", bundle metadata "version")
+    expected_volume_ml: dict[int, tuple[float, float]] = field(default_factory=dict)  # label value -> plausible mL range
     spatial_dims: int | None = None  # bundles: dimensions of the input image (metadata's spatial_shape)
     training: dict = field(default_factory=dict)  # the training record (split, metrics, data) written by medai train
     raw: dict = field(default_factory=dict)  # bundles: metadata.json; cards: the JSON as read (read it only here)
@@ -256,6 +258,20 @@ def _number(section: dict, key: str, where: str) -> float | None:
     return float(value)
 
 
+def _expected_volumes(expected, where: str) -> dict[int, tuple[float, float]]:
+    """``expected.volume_ml``: ``{"1": [min, max]}`` in mL per label value, checked when the card is read."""
+    ranges = (expected or {}).get("volume_ml") if isinstance(expected, dict) else None
+    if expected is not None and not isinstance(expected, dict):
+        raise ModelCardError(f"{where}: expected must be an object such as {{\"volume_ml\": {{\"1\": [900, 2300]}}}}")
+    out = {}
+    for key, bounds in (ranges or {}).items():
+        ok = isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)
+        if not (str(key).isdigit() and ok and bounds[0] <= bounds[1]):
+            raise ModelCardError(f"{where}: expected.volume_ml[{key!r}] must map a label value to [min, max] in mL, not {bounds!r}")
+        out[int(key)] = (float(bounds[0]), float(bounds[1]))
+    return out
+
+
 def _migrate(raw: dict) -> dict:
     """Older spellings, rewritten to the one each concept has now (the card on disk is not changed).
 
@@ -312,6 +328,7 @@ def parse_card(raw: dict, root: Path, where: str = "model card") -> ModelCard:
         raise ModelCardError(f"{where}: a segmentation card needs 'labels' (value -> name)")
     classes, class_thresholds = _names_from(raw.get("classes"))
     explain = raw.get("explain")
+    expected = _expected_volumes(raw.get("expected"), where)
     return ModelCard(
         name=str(raw.get("name") or root.name),
         task=task,
@@ -330,6 +347,8 @@ def parse_card(raw: dict, root: Path, where: str = "model card") -> ModelCard:
         explain_layer=explain.get("layer") if isinstance(explain, dict) else None,
         strict_weights=bool(raw.get("strict_weights", True)),
         training=dict(raw.get("training") or {}),
+        version=str(raw.get("version") or ""),
+        expected_volume_ml=expected,
         raw=raw,
     )
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..fetch import Cancel, cache_dir, fetch_source
+from ..fetch import Cancel, FetchError, cache_dir, fetch_source
 
 
 def resources_dir() -> Path:
@@ -67,11 +67,14 @@ class CatalogEntry:
     def source_text(self) -> str:
         if "zoo" in self.source:
             return f"zoo:{self.source['zoo']}@{self.source.get('version', '')}"
+        if "recipe" in self.source:
+            return f"train it: medai train --recipe {self.source['recipe']}"
         return self.source.get("url") or (f"pypi:{self.source['pypi']}" if "pypi" in self.source else self.source.get("path", ""))
 
 
 def _load() -> dict:
-    """The catalog, plus any extra entries from ``Catalog/models.d/*.json`` (each {"models": [...], "samples": [...]})."""
+    """The catalog, plus any extra entries from ``Catalog/models.d/*.json`` (each {"models": [...], "samples": [...],
+    "recipes": [...]})."""
     path = catalog_path()
     data = json.loads(path.read_text())
     for extra in sorted((path.parent / "models.d").glob("*.json")):
@@ -80,6 +83,7 @@ def _load() -> dict:
             entry.setdefault("_base", str(extra.parent))
         data["models"] = data["models"] + more.get("models", [])
         data["samples"] = data.get("samples", []) + more.get("samples", [])
+        data["recipes"] = data.get("recipes", []) + more.get("recipes", [])
     return data
 
 
@@ -113,6 +117,15 @@ def find_sample(name: str) -> CatalogEntry | None:
     return next((s for s in list_samples() if s.name == name), None)
 
 
+def list_recipes() -> list[dict]:
+    """Training recipes (``"recipes"`` in ``models.d/*.json``): data, settings and the figures to expect."""
+    return list(_load().get("recipes", []))
+
+
+def find_recipe(name: str) -> dict | None:
+    return next((r for r in list_recipes() if r["name"] == name), None)
+
+
 def model_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
@@ -122,8 +135,15 @@ def fetch_model(entry: CatalogEntry, progress: Callable[[float], None] | None = 
 
     A ``{"path": ...}`` source is a local model folder (or card) used where it is; a relative
     path starts from the catalog file's folder (``models.d`` for extension entries). A model-zoo
-    source returns the cached bundle zip (or folder).
+    source returns the cached bundle zip (or folder). A ``{"recipe": ...}`` source is a model the
+    user trains with ``medai train --recipe NAME`` into :func:`model_dir`.
     """
+    if "recipe" in entry.source:
+        folder = model_dir(entry.name)
+        if not (folder / "medai.json").exists():
+            raise FetchError(f"model {entry.name} is trained by you, not downloaded: run `medai train --recipe "
+                             f"{entry.source['recipe']}` (or the Train section's recipe button) first; it writes {folder}")
+        return folder
     if "path" in entry.source:
         local = Path(os.path.expanduser(entry.source["path"]))
         if not local.is_absolute():

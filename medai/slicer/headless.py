@@ -1,12 +1,20 @@
-"""A headless Slicer built from slicer-core's real logics (no GUI, no Qt).
+"""A headless Slicer built from slicer-core's real logics (no GUI, no Qt), for plain Python.
 
-Used by the demo, the command line's ``.mrb`` output and the tests. It sets ``slicer.mrmlScene``,
-``slicer.app`` (application logic only) and ``slicer.modules.<name>.logic()`` so that
-``slicer.util`` helpers work as they do inside Slicer.
+Used by the demo, the command line's ``.mrb`` output and the tests, and meant for scripts::
+
+    from medai.slicer.headless import make_headless_slicer, load_volume
+    scene = make_headless_slicer()           # also sets slicer.mrmlScene, slicer.app, slicer.modules.*
+    volumeNode = load_volume("t1.nii.gz")    # any file medai.io.read_image reads -> a volume node
+
+``make_headless_slicer`` sets ``slicer.mrmlScene``, ``slicer.app`` (application logic only) and
+``slicer.modules.<name>.logic()`` so that ``slicer.util`` helpers work as they do inside Slicer.
+``load_volume`` also works inside Slicer, where it adds the node to the application's scene; for
+radiographs (PNG, JPEG, DICOM) it honours the photometric interpretation and the pixel spacing.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import types
 
@@ -84,3 +92,14 @@ def make_headless_slicer():
     # keep the logics alive as long as the scene
     scene._medai_logics = (app_logic, colors, segmentations, volumes, tables, cache, data_io)  # type: ignore[attr-defined]
     return scene
+
+
+def load_volume(path: str | os.PathLike, scene=None, name: str | None = None):
+    """Read an image file (NRRD, NIfTI, MetaImage, DICOM series folder, PNG/JPEG/DICOM radiograph) into a new
+    volume node of ``scene`` (default ``slicer.mrmlScene``; a headless one is made when there is none)."""
+    from ..io import read_image
+    from .scene import volume_node_from_volume
+
+    if scene is None:
+        scene = getattr(slicer, "mrmlScene", None) or make_headless_slicer()
+    return volume_node_from_volume(scene, read_image(path), name)

@@ -387,6 +387,10 @@ class TrainOutput:
 
 def _training_source(source) -> tuple[str, list]:
     """``(task, input nodes)`` of a Train section source: ``[(volume, segmentation), ...]`` or a table node."""
+    from ..training.recipes import RecipeSource
+
+    if isinstance(source, RecipeSource):  # a catalog recipe: its data is fetched and read on the worker
+        return source.task, []
     if source is None:
         raise ValueError("no training data given; pick volumes with segmentations, or a table node with "
                          "'volume' and 'class' columns")
@@ -438,6 +442,8 @@ class TrainJob(Job):
         self.last_event: Any = None
         read = (lambda: classification_cases_from_table(source)) if task == "classification" else \
             (lambda: segmentation_cases_from_scene(list(source)))
+        if not nodes:  # a RecipeSource: nothing to read from the scene
+            read = None
         super().__init__(prepare=read, compute=self._train, apply=self._apply_training, input_nodes=nodes,
                          what=f"training of {config.name or self.out_dir.name}", schedule=schedule,
                          on_progress=on_progress, on_done=on_done)
@@ -456,6 +462,9 @@ class TrainJob(Job):
             if self.on_event is not None:
                 self.schedule(lambda: self.on_event(event) if not self.done else None)
 
+        if data is None:  # a RecipeSource: fetch (MD5-checked) and read its data here, off the GUI thread
+            progress(0.0, "fetching the recipe's data")
+            data = self.source.load()
         self.train_result = train(data, self.out_dir, self.config, callback=on_event, cancel=cancel)
         if self.train_result.stopped == "cancelled":
             raise Cancelled(f"training cancelled; the best checkpoint (epoch {self.train_result.best_epoch}) "
@@ -467,7 +476,9 @@ class TrainJob(Job):
     def _apply_training(self, result) -> TrainOutput:
         from .training_bridge import history_table, training_curves_chart
 
-        scene = self.input_nodes[0].GetScene()
+        import slicer
+
+        scene = self.input_nodes[0].GetScene() if self.input_nodes else slicer.mrmlScene
         name = self.config.name or self.out_dir.name
         chart = training_curves_chart(scene, result.history, result.metric_name, name=f"{name} training")
         table = history_table(scene, result.history, result.metric_name, name=f"{name} training metrics")

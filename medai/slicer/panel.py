@@ -338,6 +338,13 @@ def train_networks(task: str) -> list[str]:
     return list(SEGMENTATION_NETWORKS if task == "segmentation" else CLASSIFICATION_NETWORKS)
 
 
+def train_recipes(task: str) -> list[dict]:
+    """The catalog recipes the Train section of ``task``'s panel offers a button for (classification: also
+    multi-label and regression recipes)."""
+    tasks = CLASSIFY_TASKS if task != "segmentation" else ("segmentation", "multilabel_segmentation")
+    return [r for r in catalog.list_recipes() if r.get("task", "classification") in tasks]
+
+
 def default_train_folder(name: str, root: str | Path | None = None) -> Path:
     """A new folder for a trained model: ``<root or cache>/trained/<name>``, numbered when it exists."""
     from ..fetch import cache_dir

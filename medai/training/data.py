@@ -9,6 +9,7 @@ Sources:
 * a CSV with an ``image`` column (paths relative to the CSV) and a ``label`` column (class name,
   several names separated by ``;`` for multi-label, or a number for regression), optionally
   ``split`` (train / validation / test); single-slice images (PNG, 2D NRRD) suit 2D models;
+* ``medmnist:FLAG[_SIZE]``: a MedMNIST set (:mod:`medai.training.medmnist`), fetched and cached, official split;
 * Slicer scene cases (``medai.slicer.training_source``) that carry volumes in memory.
 """
 
@@ -206,7 +207,14 @@ def from_csv(path: Path, task: str = "classification") -> TrainingData:
 
 
 def discover(path: str | os.PathLike, task: str) -> TrainingData:
-    """The right source for ``path``: a ``.csv`` file, a Decathlon folder, or a folder of pairs."""
+    """The right source for ``path``: ``medmnist:FLAG``, a ``.csv`` file, a Decathlon folder, or a folder of pairs."""
+    if str(path).lower().startswith("medmnist:"):
+        from . import medmnist
+
+        data = medmnist.load(str(path))
+        if task != data.task:
+            raise DataError(f"{path} is a {data.task} set; use --task {data.task}")
+        return data
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"training data {path} not found")

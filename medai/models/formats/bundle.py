@@ -235,6 +235,7 @@ def _load_bundle(folder: Path, device: torch.device) -> LoadedModel:
         license=(folder / "LICENSE").read_text().splitlines()[0] if (folder / "LICENSE").exists() else "",
         classes=_class_names(meta),
         spatial_dims=len(image_in.get("spatial_shape", [0, 0, 0])),
+        version=str(meta.get("version") or ""),
         raw=meta,
     )
     parts = BundleParts(parser, parser.get("image_key", "image") or "image", preprocessing, inferer, postprocessing)
