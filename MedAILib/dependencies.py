@@ -4,7 +4,8 @@ PyTorch comes from the PyTorch extension's ``PyTorchUtils`` when it is there (it
 build that matches the driver), else from pip. The rest comes from ``slicer.packaging.pip_ensure``
 (Slicer 5.12 and later: progress dialog, restart prompt, nothing installed in testing mode) with
 torch held back, or on older Slicer from ``slicer.util.pip_install`` with ``--no-deps``. A working
-torch is never replaced, and in testing mode (the self-tests) nothing is installed at all.
+torch is never replaced, and in testing mode (the self-tests) nothing is installed at all. Optional package
+sets (``OPTIONAL_SETS``: ``nnunet`` for nnU-Net v2 models) are exact pins installed with ``--no-deps``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,18 @@ TORCH_REQUIREMENT = "torch" + TORCH_VERSION
 OTHER_REQUIREMENTS = {"monai": "monai>=1.4", "scipy": "scipy", "tqdm": "tqdm", "nibabel": "nibabel",
                       "cc3d": "connected-components-3d==4.1.1", "fill_voids": "fill-voids==2.1.2"}
 REQUESTER = "MedAI"
+# Optional package sets, asked for only by the models that need them (plan_install(optional=...)). They are
+# installed with --no-deps from exact pins, so that they never replace torch or SimpleITK.
+OPTIONAL_SETS = {"nnunet": "nnunetv2"}  # set name -> the module whose presence means the set is installed
+
+
+def optional_requirements(name: str) -> list[str]:
+    """The exact pins of an optional set (``nnunet``: nnunetv2 and what its prediction imports)."""
+    if name == "nnunet":
+        from medai.models.formats.nnunet import NNUNET_REQUIREMENTS  # torch-free
+
+        return list(NNUNET_REQUIREMENTS)
+    raise KeyError(f"no optional package set {name!r}; known: {', '.join(OPTIONAL_SETS)}")
 
 
 @dataclass
@@ -31,22 +44,35 @@ class InstallPlan:
 
     torch: bool = False
     others: list[str] = field(default_factory=list)
+    no_deps: list[str] = field(default_factory=list)  # optional sets: installed with --no-deps
 
     @property
     def needed(self) -> bool:
-        return self.torch or bool(self.others)
+        return self.torch or bool(self.others) or bool(self.no_deps)
 
     def describe(self) -> str:
-        items = ([TORCH_REQUIREMENT + " (through the PyTorch extension when installed)"] if self.torch else []) + self.others
+        items = ([TORCH_REQUIREMENT + " (through the PyTorch extension when installed)"] if self.torch else []) + self.others + self.no_deps
         return "MedAI needs these Python packages, which are not installed yet:\n  " + "\n  ".join(items)
 
 
-def plan_install(find_spec: Callable[[str], object] = importlib.util.find_spec) -> InstallPlan:
-    """Which of torch, monai and the other requirements are missing (nothing is imported)."""
+def optional_sets_for(spec: str | None) -> tuple[str, ...]:
+    """The optional package sets the model at ``spec`` needs (``("nnunet",)`` for nnU-Net v2 folders and zips); torch-free."""
+    from pathlib import Path
+
+    if not spec or not Path(spec).expanduser().exists():
+        return ()
+    from medai.models.formats.nnunet import FORMAT  # recognition reads file names only
+
+    return ("nnunet",) if FORMAT.recognise(Path(spec).expanduser()) else ()
+
+
+def plan_install(find_spec: Callable[[str], object] = importlib.util.find_spec, optional: tuple[str, ...] = ()) -> InstallPlan:
+    """Which of torch, monai, the other requirements and the ``optional`` sets are missing (nothing is imported)."""
     importlib.invalidate_caches()  # packages installed in this session are found
     return InstallPlan(
         torch=find_spec("torch") is None,
         others=[req for module, req in OTHER_REQUIREMENTS.items() if find_spec(module) is None],
+        no_deps=[req for name in optional if find_spec(OPTIONAL_SETS[name]) is None for req in optional_requirements(name)],
     )
 
 
@@ -99,15 +125,15 @@ def _install_others(requirements: list[str]) -> None:
         slicer.util.pip_install(["--no-deps", *requirements])
 
 
-def ensure_dependencies(ask: bool = True, plan: InstallPlan | None = None) -> bool:
-    """True when torch and MONAI are importable, installing them after asking if needed.
+def ensure_dependencies(ask: bool = True, plan: InstallPlan | None = None, optional: tuple[str, ...] = ()) -> bool:
+    """True when torch and MONAI (and the ``optional`` sets, e.g. ``("nnunet",)``) are importable, installing them after asking if needed.
 
     Never raises: a failed install is shown (``slicer.util.errorDisplay``) and gives False, so that
     the Apply and Train slots only have to return.
     """
     import slicer
 
-    plan = plan or plan_install()
+    plan = plan or plan_install(optional=optional)
     if not plan.needed:
         return True
     if testing_enabled():
@@ -124,10 +150,12 @@ def ensure_dependencies(ask: bool = True, plan: InstallPlan | None = None) -> bo
                 _install_torch()
             if plan.others:
                 _install_others(plan.others)
+            if plan.no_deps:
+                slicer.util.pip_install(["--no-deps", *plan.no_deps])  # exact pins, nothing pulled in beside them
     except Exception:
         log.exception("MedAI: installing the Python dependencies failed")
         return False
-    left = plan_install()
+    left = plan_install(optional=optional)
     if left.torch:
         slicer.util.errorDisplay("PyTorch was not installed; install the PyTorch extension from the Extension Manager and retry.")
     elif left.needed:

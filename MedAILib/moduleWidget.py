@@ -209,9 +209,9 @@ class MedAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancel()
             self.run.statusLabel.text = "Cancelling..."
             return
-        from MedAILib.dependencies import ensure_dependencies
+        from MedAILib.dependencies import ensure_dependencies, optional_sets_for
 
-        if not ensure_dependencies() or not self._confirmTrust():
+        if not ensure_dependencies(optional=optional_sets_for(self.models.currentSpec())) or not self._confirmTrust():
             return
         choice = self.models.currentChoice()
         self.run.start(f"Running {choice.title if choice else 'the model'}...")

@@ -20,6 +20,7 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.spl
   pip_install "$torch_pin"
 fi
 pip_install -r requirements.txt
+pip_install --no-deps -r requirements-nnunet.txt  # issue 12: nnunetv2 without its torch/torchvision/CUDA pulls
 pip_install --no-deps --no-build-isolation -e . || pip_install --no-deps -e .
 .venv/bin/python -c "import torch, monai, SimpleITK, slicer, medai" || { echo "setup: import check failed" >&2; exit 1; }
 # dciodvfy (dicom3tools) validates the DICOM SEG/SR the tests write; their tests skip without it

@@ -100,7 +100,10 @@ def code_files(path: Path) -> list[Path]:
     """The files that decide what a model runs: the card or zip itself, a bundle's configs and scripts (not its weights)."""
     path = Path(path)
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() not in WEIGHT_SUFFIXES
+        from .formats import nnunet  # torch-free
+
+        pickled = (".pth",) if nnunet.FORMAT.recognise(path) else ()  # nnU-Net checkpoints are full pickles: code
+        return sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix.lower() in pickled or p.suffix.lower() not in WEIGHT_SUFFIXES)
                       and not p.name.startswith(".") and "docs" not in p.relative_to(path).parts)
     if path.suffix.lower() in (".json", ".zip"):
         return [path]
@@ -202,6 +205,10 @@ def untrusted_code(spec: str | Path) -> list[str]:
         return []
     if path.is_dir() and (path / "configs" / "metadata.json").exists():
         return bundle_code(path)
+    from .formats import nnunet  # torch-free: nnU-Net folders and zips hold full-pickle checkpoints
+
+    if nnunet.FORMAT.recognise(path):
+        return nnunet.pickle_code(path)
     if path.suffix.lower() == ".zip":
         return [f"{path.name}: a MONAI Bundle not in the MedAI catalog; its configs build Python objects"]
     card = next((path / n for n in CARD_NAMES if (path / n).exists()), None) if path.is_dir() else (

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..loader import LoadedModel
 
 # Asked in this order; the first format that recognises a path reads it.
-FORMAT_MODULES = ("bundle", "auto3dseg", "card", "torchscript", "onnx")
+FORMAT_MODULES = ("bundle", "auto3dseg", "nnunet", "card", "torchscript", "onnx")
 
 
 class ModelFormat:
