@@ -17,7 +17,7 @@ GUI_IMPORTS = ("qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNo
 
 def cmake_sets(path: Path) -> dict[str, list[str]]:
     """``set(NAME a b c)`` blocks of a CMakeLists.txt, with ${MODULE_NAME} expanded."""
-    text = re.sub(r"(?m)(^|\s)#[^\n\"]*$", "", path.read_text())  # comments, not '#' inside quoted URLs
+    text = re.sub(r"(?m)(^|\s)#[^\n\"]*$", "", path.read_text(encoding="utf-8"))  # comments, not '#' inside quoted URLs
     sets = {m.group(1): m.group(2).split() for m in re.finditer(r"set\((\w+)\s+([^)]*)\)", text)}
     name = (sets.get("MODULE_NAME") or [""])[0]
     return {k: [v.replace("${MODULE_NAME}", name) for v in vals] for k, vals in sets.items()}
@@ -33,7 +33,7 @@ def py_files(folder: Path) -> list[Path]:
 
 def imports_of(path: Path) -> set[str]:
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -68,13 +68,13 @@ def test_every_module_file_and_resource_is_in_cmake(folder):
     assert not on_disk_py - listed_py, f"{folder.name}/CMakeLists.txt: add {sorted(on_disk_py - listed_py)} to MODULE_PYTHON_SCRIPTS"
     assert not on_disk_res - listed_res, f"{folder.name}/CMakeLists.txt: add {sorted(on_disk_res - listed_res)} to MODULE_PYTHON_RESOURCES"
     assert all((folder / f).is_file() for f in listed_py | listed_res)
-    top = (REPO / "CMakeLists.txt").read_text()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert f"add_subdirectory({folder.name})" in top, f"add add_subdirectory({folder.name}) to CMakeLists.txt"
 
 
 def test_extension_metadata_and_index_entry():
     sets = cmake_sets(REPO / "CMakeLists.txt")
-    text = (REPO / "CMakeLists.txt").read_text()
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "find_package(Slicer REQUIRED)" in text and "include(${Slicer_EXTENSION_CPACK})" in text
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
@@ -82,8 +82,8 @@ def test_extension_metadata_and_index_entry():
     depends = [d.strip('"') for d in sets["EXTENSION_DEPENDS"]]
     assert depends == ["PyTorch"]
     assert re.search(r"project\(MedAI\)", text)
-    schema = json.loads((Path(__file__).parent / "data" / "slicer-extension-catalog-entry-schema-v1.0.2.json").read_text())
-    entry = json.loads((REPO / "Resources" / "ExtensionsIndex" / "MedAI.json").read_text())
+    schema = json.loads((Path(__file__).parent / "data" / "slicer-extension-catalog-entry-schema-v1.0.2.json").read_text(encoding="utf-8"))
+    entry = json.loads((REPO / "Resources" / "ExtensionsIndex" / "MedAI.json").read_text(encoding="utf-8"))
     assert entry["$schema"] == schema["$id"]
     assert set(schema["required"]) <= set(entry) and set(entry) <= set(schema["properties"])
     types = {"string": str, "array": list, "integer": int, "boolean": bool}
@@ -115,7 +115,7 @@ def _ui_names(ui: Path) -> tuple[set[str], set[str]]:
 
 
 def _parameter_fields(source: Path) -> set[str]:
-    tree = ast.parse(source.read_text())
+    tree = ast.parse(source.read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list):
             return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
@@ -126,7 +126,7 @@ def _parameter_fields(source: Path) -> set[str]:
 def test_ui_names_and_parameter_names_match_code(name):
     source = REPO / name / f"{name}.py"
     ui = REPO / name / "Resources" / "UI" / f"{name}.ui"
-    code = source.read_text()
+    code = source.read_text(encoding="utf-8")
     used = set(re.findall(r"self\.ui\.(\w+)", code))
     names, params = _ui_names(ui)
     assert used, "the module uses no .ui widget"
@@ -136,12 +136,12 @@ def test_ui_names_and_parameter_names_match_code(name):
     assert not params - fields, f"SlicerParameterName in {ui.name} not a parameter node field: {sorted(params - fields)}"
     assert f'self.resourcePath("UI/{name}.ui")' in code
     assert f"class {name}Test(ScriptedLoadableModuleTest)" in code
-    assert f"slicer_add_python_unittest(SCRIPT ${{MODULE_NAME}}.py)" in (REPO / name / "CMakeLists.txt").read_text()
+    assert f"slicer_add_python_unittest(SCRIPT ${{MODULE_NAME}}.py)" in (REPO / name / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def test_shared_widget_ui_names_are_in_every_module_ui():
     """MedAILib/moduleWidget.py drives both panels: each self.ui.<name> it uses must be in both .ui files."""
-    used = set(re.findall(r"self\.ui\.(\w+)", (REPO / "MedAILib" / "moduleWidget.py").read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", (REPO / "MedAILib" / "moduleWidget.py").read_text(encoding="utf-8")))
     assert used, "moduleWidget.py uses no .ui widget"
     for name in ("MedAISegment", "MedAIClassify"):
         names, _ = _ui_names(REPO / name / "Resources" / "UI" / f"{name}.ui")
@@ -179,14 +179,14 @@ def test_rules_would_catch_a_qt_import(tmp_path):
 
 def test_train_section_ui_names_match_code():
     """MedAILib/trainSection.py drives the shared Train section: each self.ui.<name> is in its .ui, which CMake installs."""
-    code = (REPO / "MedAILib" / "trainSection.py").read_text()
+    code = (REPO / "MedAILib" / "trainSection.py").read_text(encoding="utf-8")
     used = set(re.findall(r"self\.ui\.(\w+)", code))
     names, params = _ui_names(REPO / "MedAILib" / "Resources" / "UI" / "MedAITrainSection.ui")
     assert used and not used - names, f"MedAITrainSection.ui lacks: {sorted(used - names)}"
     assert not params, "the Train section has no parameter node: no SlicerParameterName in its .ui"
     assert '"Resources", "UI", "MedAITrainSection.ui"' in code
-    assert "RESOURCES ${MODULE_PYTHON_RESOURCES}" in (REPO / "MedAILib" / "CMakeLists.txt").read_text()
-    assert "TrainSection(self, self.MODEL_TASK)" in (REPO / "MedAILib" / "moduleWidget.py").read_text()
+    assert "RESOURCES ${MODULE_PYTHON_RESOURCES}" in (REPO / "MedAILib" / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "TrainSection(self, self.MODEL_TASK)" in (REPO / "MedAILib" / "moduleWidget.py").read_text(encoding="utf-8")
 
 
 def _error_display_uses(tree: ast.AST):
@@ -221,7 +221,7 @@ def test_every_try_with_error_display_ends_the_error_itself():
     offenders, count = [], 0
     for folder in module_dirs():
         for path in py_files(folder):
-            tree = ast.parse(path.read_text())
+            tree = ast.parse(path.read_text(encoding="utf-8"))
             for function, node, tries in _error_display_uses(tree):
                 count += 1
                 where = f"{path.relative_to(REPO)}:{node.lineno} ({function.name if function else 'module'})"
