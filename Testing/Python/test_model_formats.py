@@ -162,7 +162,7 @@ def test_bundle_zip_with_escaping_entry_is_refused(tmp_path, monkeypatch):
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("b/configs/metadata.json", "{}")
         z.writestr("b/../../escaped.txt", "gotcha")
-    with pytest.raises(ModelLoadError, match="outside the bundle folder"):
+    with pytest.raises(ModelLoadError, match="outside the model folder"):
         load_model(archive, "cpu")
     assert not list(tmp_path.rglob("escaped.txt"))
 

@@ -72,6 +72,26 @@ def card_beside(path: Path, what: str) -> Path:
     return beside
 
 
+def extract_model_zip(path: Path, kind: str) -> Path:
+    """Unpack a model zip into ``<cache>/<kind>/<stem>-<hash>`` once per content hash, refusing entries that escape it."""
+    from ...fetch import cache_dir, safe_extract_member, sha256_of
+
+    dest = cache_dir() / kind / f"{path.stem}-{sha256_of(path)[:16]}"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/")]
+            for n in names:
+                if n.startswith("/") or ".." in Path(n).parts:
+                    raise ModelLoadError(f"{path}: entry {n!r} points outside the model folder; refusing this zip")
+            if not (dest / ".complete").exists():
+                for n in names:
+                    safe_extract_member(archive, n, dest / n)
+                (dest / ".complete").write_text("ok")
+    except zipfile.BadZipFile as exc:
+        raise ModelLoadError(f"{path}: not a valid zip file; download the model again") from exc
+    return dest
+
+
 def all_formats() -> list[ModelFormat]:
     """Every registered format, in recognition order."""
     return [importlib.import_module(f"{__name__}.{name}").FORMAT for name in FORMAT_MODULES]

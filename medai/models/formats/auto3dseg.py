@@ -22,15 +22,13 @@ import importlib
 import json
 import logging
 import pickle
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...fetch import cache_dir, safe_extract_member, sha256_of
 from ...results import Label
 from ..card import CARD_NAMES, ModelCard, ModelLoadError
-from . import ModelFormat, zip_names
+from . import ModelFormat, extract_model_zip, zip_names
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -99,21 +97,7 @@ def _zip_in(folder: Path) -> Path | None:
 
 
 def _extract(path: Path) -> Path:
-    """Unpack a model zip into the cache once per content hash, refusing entries that escape it."""
-    dest = cache_dir() / "auto3dseg" / f"{path.stem}-{sha256_of(path)[:16]}"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if not n.endswith("/")]
-            for n in names:
-                if n.startswith("/") or ".." in Path(n).parts:
-                    raise ModelLoadError(f"{path}: entry {n!r} points outside the model folder; refusing this zip")
-            if not (dest / ".complete").exists():
-                for n in names:
-                    safe_extract_member(archive, n, dest / n)
-                (dest / ".complete").write_text("ok")
-    except zipfile.BadZipFile as exc:
-        raise ModelLoadError(f"{path}: not a valid zip file; download the model again") from exc
-    return dest
+    return extract_model_zip(path, "auto3dseg")
 
 
 def model_folder(path: Path) -> tuple[Path, str]:

@@ -12,15 +12,13 @@ import json
 import logging
 import re
 import sys
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...fetch import cache_dir, safe_extract_member, sha256_of
 from ...results import Label
 from .. import trust
 from ..card import ModelCard, ModelLoadError, bundle_class_names, bundle_output, parse_labels
-from . import ModelFormat, zip_names
+from . import ModelFormat, extract_model_zip, zip_names
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -40,20 +38,7 @@ def _find_config(folder: Path, stem: str) -> Path | None:
 
 def extract_bundle_zip(path: Path) -> Path:
     """Unpack a bundle zip into the cache (once per content hash), refusing escaping entries."""
-    digest = sha256_of(path)[:16]
-    dest = cache_dir() / "bundles" / f"{path.stem}-{digest}"
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if not n.endswith("/")]
-            for n in names:
-                if n.startswith("/") or ".." in Path(n).parts:
-                    raise ModelLoadError(f"{path}: entry {n!r} points outside the bundle folder; refusing this zip")
-            if not (dest / ".complete").exists():
-                for n in names:
-                    safe_extract_member(z, n, dest / n)
-                (dest / ".complete").write_text("ok")
-    except zipfile.BadZipFile as exc:
-        raise ModelLoadError(f"{path}: not a valid zip file") from exc
+    dest = extract_model_zip(path, "bundles")
     roots = {p.parent.parent for p in dest.rglob("configs/metadata.json")}
     if len(roots) != 1:
         raise ModelLoadError(f"{path}: expected one bundle (configs/metadata.json) in the zip, found {len(roots)}")

@@ -31,10 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...fetch import cache_dir, safe_extract_member, sha256_of
 from ...results import Label
 from ..card import ModelCard, ModelLoadError
-from . import ModelFormat, zip_names
+from . import ModelFormat, extract_model_zip, zip_names
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -95,21 +94,7 @@ def _one(dirs: list[str], where: Path) -> str:
 
 
 def _extract(path: Path) -> Path:
-    """Unpack a model zip into the cache once per content hash, refusing entries that escape it."""
-    dest = cache_dir() / "nnunet" / f"{path.stem}-{sha256_of(path)[:16]}"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if not n.endswith("/")]
-            for n in names:
-                if n.startswith("/") or ".." in Path(n).parts:
-                    raise ModelLoadError(f"{path}: entry {n!r} points outside the model folder; refusing this zip")
-            if not (dest / ".complete").exists():
-                for n in names:
-                    safe_extract_member(archive, n, dest / n)
-                (dest / ".complete").write_text("ok")
-    except zipfile.BadZipFile as exc:
-        raise ModelLoadError(f"{path}: not a valid zip file; download the model again") from exc
-    return dest
+    return extract_model_zip(path, "nnunet")
 
 
 def result_folder(path: Path) -> Path:
