@@ -97,6 +97,7 @@ def read_image(path: str | os.PathLike, series: str | None = None) -> Volume:
         return read_dicom(path, series)
     else:
         if is_radiograph(path):  # PNG, JPEG, a projection DICOM file: photometric interpretation and pixel spacing honoured
+            check_file(path)  # a cut-off picture is an error, not a half-black image
             return read_radiograph(path)
         for suffix in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr"):
             if name.lower().endswith(suffix):

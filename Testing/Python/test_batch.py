@@ -75,7 +75,7 @@ def test_folder_cohort_outputs_table_statuses_and_exit_code(cohort, tmp_path):
     assert main(["batch", str(folder), "-m", str(card), "-o", str(out), "--device", "cpu"]) == 1  # two cases failed
     rows = read_rows(out)
     assert {k: r["status"] for k, r in rows.items()} == {"bad": "failed", "c0": "ok", "c1": "ok", "c2": "ok", "two": "failed"}
-    assert "bad.nii.gz" in rows["bad"]["error"] and "cannot read" in rows["bad"]["error"]
+    assert "bad.nii.gz" in rows["bad"]["error"] and "truncated" in rows["bad"]["error"]
     assert "expects 1 input channel(s), got 2" in rows["two"]["error"]
     assert sorted(p.name for p in out.iterdir()) == ["c0.seg.nrrd", "c1.seg.nrrd", "c2.seg.nrrd", RESULTS]
     model = load_model(str(card), "cpu")

@@ -60,11 +60,15 @@ SKIP_BLOCKS = {
         "a fragment on the reader's nodes (segmentationNode, loadedModel) and DICOM database; tested headless in test_dicom_slicer.py",
     ("docs/batch.md", "from medai.batch import run_batch"):
         "a fragment on the reader's nodes (node1, t1Node, ...); run_batch and both cohort APIs are tested in test_batch.py",
+    ("docs/nnunet.md", ".venv/bin/python -m pip install --no-deps -r requirements-nnunet.txt"):
+        "scripts/setup.sh runs this very command before the tests (the sandbox has no requirements file)",
     ("docs/slicer.md", "from medai.slicer import panel"):
         "a fragment on the reader's scene (segmentations, tableNode, /data folders); tested in test_module_train_jobs.py",
 }
 # (file, start of a line inside a block that runs) -> why that one line is not run
 SKIP_LINES = {
+    ("docs/nnunet.md", "medai segment ct.nii.gz -m ~/nnUNet_results/"):
+        "a placeholder result folder of the reader's; a real nnU-Net v2 folder made in the test runs through the CLI in test_nnunet.py",
     ("README.md", ".venv/bin/medai classify CT_SERIES/ -m model.json"):
         "needs a 3D classifier for CT; classify --sr is tested in test_dicom_cli.py",
     ("docs/dicom.md", "medai segment CT_SERIES/ -m my_model"): "my_model is a placeholder; LABELMAP SEG is tested in test_dicom_io.py",
