@@ -222,3 +222,16 @@ def test_fine_tuning_from_an_untrusted_card_is_refused_and_leaves_nothing(tmp_pa
     out = tmp_path / "model"
     assert main(["train", "--data", str(data), "--from", str(card), "-o", str(out), "--device", "cpu", "--epochs", "1"]) == 1
     assert "would run code" in capsys.readouterr().err and not marker.exists() and not out.exists()
+
+
+def test_batch_refuses_code_by_default_and_runs_it_with_trust(tmp_path, capsys):
+    """medai batch: the same rule, and --trust reaches the model load (worker processes included)."""
+    marker = tmp_path / "marker"
+    card = conv_card(tmp_path / "evil", kernel_size=_expression(marker))
+    cohort = tmp_path / "cohort"
+    image_file(cohort / "c0.nrrd")
+    out = tmp_path / "out"
+    assert main(["batch", str(cohort), "-m", str(card), "-o", str(out), "--device", "cpu"]) == 1
+    assert "would run code" in capsys.readouterr().err and not marker.exists()
+    assert main(["batch", str(cohort), "-m", str(card), "-o", str(out), "--device", "cpu", "--trust"]) == 0
+    assert marker.exists() and (out / "c0.seg.nrrd").exists()

@@ -44,15 +44,29 @@ class BatchSummary:
         return not self.interrupted and self.failed == 0 and self.ok + self.skipped == self.total
 
 
+def _pending(cases: list[Case], table: ResultsTable, outdir: Path, task: str, fmt: str) -> list[Case]:
+    """The cases still to run: not ok in the table or their output gone; a file nobody's row claims is never overwritten."""
+    table.compact(c.name for c in cases)  # also tidies a row cut short by a crash
+    done = table.completed()
+    todo = [c for c in cases if not (c.name in done and done[c.name].get("output") == output_name(c, task, fmt)
+                                      and (outdir / output_name(c, task, fmt)).is_file())]
+    foreign = [output_name(c, task, fmt) for c in todo if (outdir / output_name(c, task, fmt)).exists()]
+    if foreign:
+        raise FileExistsError(f"{outdir} already has {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''} without an ok row in "
+                              f"{RESULTS}; move or delete them (they are not overwritten), or choose another output folder")
+    return todo
+
+
 def run_batch(source: str | os.PathLike | list[Case], model, outdir: str | os.PathLike, task: str | None = None,
               workers: int = 1, device: str = "auto", fmt: str = ".seg.nrrd", ray_address: str | None = None,
-              callback: ProgressCallback | None = None, cancel: CancelToken | None = None) -> BatchSummary:
+              callback: ProgressCallback | None = None, cancel: CancelToken | None = None, trust: bool = False) -> BatchSummary:
     """Run ``model`` over the cases of ``source`` (folder, CSV or list of :class:`Case`) into ``outdir``.
 
     ``workers`` > 1: that many processes, each loading the model once. ``ray_address`` (``auto``, an
     address, or ``local`` for a Ray started here): one actor per worker on that cluster (inputs must be
     readable there). ``callback(fraction, stage)`` reports progress over the whole cohort; ``cancel`` or
-    Ctrl-C stops the run, leaving only complete outputs (the summary says ``interrupted``).
+    Ctrl-C stops the run, leaving only complete outputs (the summary says ``interrupted``). ``trust``: run a
+    model that would run code (see :mod:`medai.models.trust`), in every worker.
     """
     cases = list(source) if isinstance(source, list) else find_cases(source)
     outdir = Path(outdir)
@@ -64,12 +78,12 @@ def run_batch(source: str | os.PathLike | list[Case], model, outdir: str | os.Pa
         import_ray()  # say how to install it before loading anything
     local = None
     if workers <= 1 and not ray_address:
-        local = CaseRunner(model, device, task, fmt)
+        local = CaseRunner(model, device, task, fmt, trust)
         task, loaded = local.task, local.model
     else:
         from ..models.loader import load_model
 
-        loaded = load_model(model, "cpu")  # its task and identity; the workers load their own
+        loaded = load_model(model, "cpu", trust=trust)  # its task and identity; the workers load their own
         task = task or default_task(loaded)
     identity = model_id(loaded)
     table = ResultsTable(outdir / RESULTS)
@@ -77,14 +91,7 @@ def run_batch(source: str | os.PathLike | list[Case], model, outdir: str | os.Pa
     if others:
         raise ValueError(f"{outdir} holds results of another model ({', '.join(sorted(others))}; this one is {identity}); "
                          f"use another output folder, or delete {outdir / RESULTS} to redo every case")
-    table.compact(c.name for c in cases)  # also tidies a row cut short by a crash
-    done = table.completed()
-    todo = [c for c in cases if not (c.name in done and done[c.name].get("output") == output_name(c, task, fmt)
-                                      and (outdir / output_name(c, task, fmt)).is_file())]
-    foreign = [output_name(c, task, fmt) for c in todo if (outdir / output_name(c, task, fmt)).exists()]
-    if foreign:
-        raise FileExistsError(f"{outdir} already has {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''} without an ok row in "
-                              f"{RESULTS}; move or delete them (they are not overwritten), or choose another output folder")
+    todo = _pending(cases, table, outdir, task, fmt)
     summary = BatchSummary(len(cases), task, skipped=len(cases) - len(todo))
     n_todo = max(len(todo), 1)
 
@@ -108,9 +115,9 @@ def run_batch(source: str | os.PathLike | list[Case], model, outdir: str | os.Pa
     report(0.0, f"0/{len(todo)} ({summary.skipped} done before)")
     try:
         if ray_address:
-            run_ray(ray_address, todo, workers, model, device, task, fmt, finish, cancel)
+            run_ray(ray_address, todo, workers, model, device, task, fmt, finish, cancel, trust)
         elif local is None:
-            run_pool(todo, workers, model, device, task, fmt, finish, cancel)
+            run_pool(todo, workers, model, device, task, fmt, finish, cancel, trust)
         else:
             for n, case in enumerate(todo):
                 cancel.check()

@@ -25,14 +25,14 @@ _WORKER: CaseRunner | None = None
 _WORKER_ERROR = ""
 
 
-def _init_worker(model, device: str, task: str, fmt: str, threads: int) -> None:
+def _init_worker(model, device: str, task: str, fmt: str, threads: int, trust: bool = False) -> None:
     global _WORKER, _WORKER_ERROR
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
     import torch
 
     torch.set_num_threads(threads)
     try:
-        _WORKER = CaseRunner(model, device, task, fmt)
+        _WORKER = CaseRunner(model, device, task, fmt, trust)
     except Exception as exc:
         _WORKER_ERROR = f"model {model}: {one_line(exc)}"
 
@@ -44,10 +44,10 @@ def _run_in_worker(case: Case) -> tuple[dict, bytes | None]:
 
 
 def run_pool(todo: list[Case], workers: int, model, device: str, task: str, fmt: str,
-              finish: Callable[[Case, dict, bytes | None], None], cancel: CancelToken) -> None:
+              finish: Callable[[Case, dict, bytes | None], None], cancel: CancelToken, trust: bool = False) -> None:
     threads = max(1, (os.cpu_count() or 1) // workers)
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                               initargs=(str(model), device, task, fmt, threads))
+                               initargs=(str(model), device, task, fmt, threads, trust))
     futures = {pool.submit(_run_in_worker, c): c for c in todo}
     try:
         pending = set(futures)
@@ -76,10 +76,10 @@ def run_pool(todo: list[Case], workers: int, model, device: str, task: str, fmt:
 class _RayWorker:
     """A Ray actor holding one loaded model."""
 
-    def __init__(self, model, device: str, task: str, fmt: str) -> None:
+    def __init__(self, model, device: str, task: str, fmt: str, trust: bool = False) -> None:
         self.runner, self.error = None, ""
         try:
-            self.runner = CaseRunner(model, device, task, fmt)
+            self.runner = CaseRunner(model, device, task, fmt, trust)
         except Exception as exc:
             self.error = f"model {model}: {one_line(exc)}"
 
@@ -98,7 +98,7 @@ def import_ray():
 
 
 def run_ray(address: str, todo: list[Case], workers: int, model, device: str, task: str, fmt: str,
-             finish: Callable[[Case, dict, bytes | None], None], cancel: CancelToken) -> None:
+             finish: Callable[[Case, dict, bytes | None], None], cancel: CancelToken, trust: bool = False) -> None:
     ray = import_ray()
     if not ray.is_initialized():
         if address == "local":
@@ -109,7 +109,7 @@ def run_ray(address: str, todo: list[Case], workers: int, model, device: str, ta
     use_gpu = gpus > 0 and device != "cpu"
     count = workers if workers > 1 else (gpus if use_gpu else 1)
     actor = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(_RayWorker)
-    actors = [actor.remote(str(model), device, task, fmt) for _ in range(max(1, min(count, len(todo))))]
+    actors = [actor.remote(str(model), device, task, fmt, trust) for _ in range(max(1, min(count, len(todo))))]
     queue = list(reversed(todo))
     running: dict = {}
 

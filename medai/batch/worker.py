@@ -92,11 +92,11 @@ def one_line(exc: BaseException) -> str:
 class CaseRunner:
     """Loads the model once; :meth:`run` turns one case into a table row and its output's bytes."""
 
-    def __init__(self, model, device: str = "auto", task: str | None = None, fmt: str = ".seg.nrrd") -> None:
+    def __init__(self, model, device: str = "auto", task: str | None = None, fmt: str = ".seg.nrrd", trust: bool = False) -> None:
         from ..models.loader import LoadedModel, load_model
 
         start = time.perf_counter()
-        self.model = model if isinstance(model, LoadedModel) else load_model(model, device)
+        self.model = model if isinstance(model, LoadedModel) else load_model(model, device, trust=trust)
         self.load_s = time.perf_counter() - start
         self.task = task or default_task(self.model)
         if self.task not in ("segment", "classify"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..batch import RESULTS, SEGMENT_FORMATS, find_cases, run_batch
 from .progressbar import ProgressBar
+from .safety import add_trust_argument
 
 
 class CohortBar(ProgressBar):
@@ -26,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--format", default=".seg.nrrd", choices=SEGMENT_FORMATS, help="segmentation output format (default .seg.nrrd)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (or Ray actors), each loading the model once (default 1)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    add_trust_argument(p)
     p.add_argument("--ray", metavar="ADDRESS", default=None, help="run on a Ray cluster: auto, ray://host:port, or local (optional: pip install ray==2.60.0)")
     p.set_defaults(handler=run)
 
@@ -39,7 +41,7 @@ def run(args) -> int:
     out = Path(args.output)
     with CohortBar(f"batch {len(cases)} case(s)") as bar:
         summary = run_batch(cases, args.model or catalog.default_model_name(), out, args.task, args.workers, args.device,
-                            args.format, args.ray, bar)
+                            args.format, args.ray, bar, trust=args.trust)
     for row in summary.rows:
         if row["status"] != "ok":
             print(f"  {row['case']}: failed: {row.get('error', '')}", file=sys.stderr)

@@ -342,6 +342,18 @@ def region_margin(model: LoadedModel, margin: float | None = None) -> float:
     return value
 
 
+def _scores(model: LoadedModel, spec: OutputSpec, net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    """The network's raw output for one case and its class scores (one sigmoid output of a two-class card: [1 - p, p])."""
+    with torch.no_grad(), autocast(model.device):
+        logits = net(x).float()
+    if logits.ndim != 2 or logits.shape[1] not in (len(spec.names), 1 if len(spec.names) == 2 else -1):
+        raise ModelCardError(f"{model.name}: network output has shape {tuple(logits.shape)}; expected (1, {len(spec.names)}) for classes {', '.join(spec.names)}")
+    scores = apply_activation(logits, spec.activation)[0].cpu().numpy().astype(np.float64)
+    if len(scores) == 1 and len(spec.names) == 2:
+        scores = np.array([1.0 - scores[0], scores[0]])
+    return logits, scores
+
+
 def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = None, request: ClassifyRequest | None = None,
              callback: ProgressCallback | None = None, cancel: CancelToken | None = None, **options) -> ClassificationResult:
     """Classify ``volumes`` (one case, or a cohort of one case per volume) with a loaded model.
@@ -382,13 +394,7 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
                         else _prepare_card(model, spec, x, affine, mask is not None, ref.name))
             with progress.stage(f"{ref.name}: inference", (0.3 if explain else 0.8) * weight):
                 net = model.networks[-1]
-                with torch.no_grad(), autocast(model.device):
-                    logits = net(prep.x).float()
-                if logits.ndim != 2 or logits.shape[1] not in (len(spec.names), 1 if len(spec.names) == 2 else -1):
-                    raise ModelCardError(f"{model.name}: network output has shape {tuple(logits.shape)}; expected (1, {len(spec.names)}) for classes {', '.join(spec.names)}")
-                scores = apply_activation(logits, spec.activation)[0].cpu().numpy().astype(np.float64)
-                if len(scores) == 1 and len(spec.names) == 2:  # one sigmoid output for a two-class card: [1 - p, p]
-                    scores = np.array([1.0 - scores[0], scores[0]])
+                logits, scores = _scores(model, spec, net, prep.x)
             case = CaseResult(ref.name, ref, scores, _predicted(spec, scores))
             result.cases.append(case)
             if explain:
