@@ -245,19 +245,9 @@ class MedAIClassifyTest(ScriptedLoadableModuleTest):
     def runTest(self):
         """Each test between its own setUp and tearDown; the model runs only where PyTorch and MONAI are installed
         (in testing mode nothing is installed: see MedAILib.dependencies)."""
-        from MedAILib.dependencies import plan_install
+        from MedAILib.dependencies import run_self_tests
 
-        tests = [self.test_ParameterNodeRoundTrip]
-        if plan_install().needed:
-            self.delayDisplay("MedAIClassify: PyTorch or MONAI is not installed; the model tests are skipped")
-        else:
-            tests += [self.test_ClassifyWaitAndCallbacks, self.test_FailureLeavesSceneUnchanged]
-        for test in tests:
-            self.setUp()
-            try:
-                test()
-            finally:
-                self.tearDown()
+        run_self_tests(self, "MedAIClassify", [self.test_ParameterNodeRoundTrip], [self.test_ClassifyWaitAndCallbacks, self.test_FailureLeavesSceneUnchanged])
 
     def _card(self) -> str:
         import json

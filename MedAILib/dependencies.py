@@ -161,3 +161,19 @@ def ensure_dependencies(ask: bool = True, plan: InstallPlan | None = None, optio
     elif left.needed:
         slicer.util.errorDisplay(left.describe() + "\n\nInstall them from the Python console with slicer.util.pip_install, then retry.")
     return not left.needed
+
+
+def run_self_tests(testCase, moduleName: str, always: list, withModel: list) -> None:
+    """A module self-test's ``runTest``: each test between its own ``setUp`` and ``tearDown``; the ``withModel``
+    tests only where PyTorch and MONAI are installed (in testing mode nothing is installed)."""
+    tests = list(always)
+    if plan_install().needed:
+        testCase.delayDisplay(f"{moduleName}: PyTorch or MONAI is not installed; the model tests are skipped")
+    else:
+        tests += withModel
+    for test in tests:
+        testCase.setUp()
+        try:
+            test()
+        finally:
+            testCase.tearDown()
