@@ -86,3 +86,25 @@ def test_bundle_preprocessing_and_invert_keep_world_positions(model_zoo, tmp_pat
     got, truth = result.layers[0] == 1, arr > 0
     dice = 2 * (got & truth).sum() / (got.sum() + truth.sum())
     assert dice > 0.85, dice
+
+
+def test_bundle_that_adds_its_own_channel_axis_runs_like_the_original(model_zoo, tmp_path):
+    """renalStructures_UNEST writes EnsureChannelFirstd(channel_dim="no_channel"): on an image that arrives
+    channel-first in memory that would add a second channel axis; MedAI removes the transform, as LoadImage is."""
+    from medai.engine.segment import segment
+    from medai.geometry import Volume
+
+    plain = bundle_with_fresh_weights(model_zoo / "spleen_ct_segmentation", tmp_path / "plain")
+    forced = bundle_with_fresh_weights(model_zoo / "spleen_ct_segmentation", tmp_path / "forced")
+    config = json.loads((forced / "configs" / "inference.json").read_text())
+    steps = config["preprocessing"]["transforms"]
+    ensure = [t for t in steps if str(t.get("_target_", "")).endswith("EnsureChannelFirstd")]
+    assert ensure, "the spleen config has an EnsureChannelFirstd to change"
+    for t in ensure:
+        t["channel_dim"] = "no_channel"
+    (forced / "configs" / "inference.json").write_text(json.dumps(config))
+    arr = np.random.default_rng(0).normal(100, 30, (18, 20, 22)).astype(np.float32)
+    volume = Volume(arr, oblique_affine(spacing=(1.5, 1.5, 2.0)), "ct")
+    a = segment(load_model(plain, "cpu", trust=True), [volume])
+    b = segment(load_model(forced, "cpu", trust=True), [volume])
+    assert a.layers[0].shape == arr.shape and np.array_equal(a.layers[0], b.layers[0])

@@ -172,10 +172,9 @@ def _load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     parser["device"] = f"$torch.device('{device}')"
     meta = json.loads(meta_path.read_text())
     where = f"bundle {folder.name}"
-    # the image arrives in memory and the result goes to the scene: no file I/O transforms
-    # (classification inputs also arrive channel-first already, and scores go to tables, not files)
-    classification = _bundle_task(meta) == "classification"
-    _strip(parser, "preprocessing", ("LoadImaged", "LoadImage") + (("EnsureChannelFirstd", "EnsureChannelFirst") if classification else ()))
+    # the image arrives in memory, channel-first, and the result goes to the scene: no file I/O transforms and no
+    # EnsureChannelFirst (a bundle's channel_dim="no_channel", e.g. renalStructures_UNEST, would add a second channel axis)
+    _strip(parser, "preprocessing", ("LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureChannelFirst"))
     if "postprocessing" in parser:
         _strip(parser, "postprocessing", ("SaveImaged", "SaveImage", "SaveClassificationd", "SaveClassification"))
     try:
