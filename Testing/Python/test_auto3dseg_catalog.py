@@ -9,6 +9,7 @@ it from the mirror into the cache and segment tiny random volumes onto the first
 
 from __future__ import annotations
 
+import json
 import sys
 import zipfile
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_the_catalog_lists_every_auto3dseg_model():
 @pytest.mark.parametrize("name", [e.name for e in auto3dseg_entries()])
 def test_auto3dseg_entry_downloads_through_the_mirror_folder_and_runs(mirror_env, name):
     from medai.engine.segment import segment
-    from medai.fetch import recorded_sha256, sha256_of, url_file_name
+    from medai.fetch import record_path, recorded_sha256, sha256_of, url_file_name
     from medai.geometry import Volume
     from medai.models.loader import load_model
 
@@ -80,6 +81,7 @@ def test_auto3dseg_entry_downloads_through_the_mirror_folder_and_runs(mirror_env
     cached = catalog.model_dir(name) / file_name
     assert catalog.is_cached(entry) and cached.is_file()
     assert recorded_sha256(cached) == sha256_of(served) == sha256_of(cached)  # the mirror's file, recorded
+    assert json.loads(record_path().read_text())[f"models/{name}/{file_name}"]["source"] == str(served)  # only the mirror asked
     with zipfile.ZipFile(cached) as z:
         assert "model/model.pt" in z.namelist()
     assert model.kind == "auto3dseg" and model.name == name
