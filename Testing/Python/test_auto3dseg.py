@@ -40,12 +40,14 @@ FIELDS = ["SegmentedPropertyCategoryCodeSequence", "SegmentedPropertyTypeCodeSeq
           "AnatomicRegionSequence", "AnatomicRegionModifierSequence"]
 
 
-def labels_csv(n: int) -> str:
+def labels_csv(n: int, names: list[str] | None = None) -> str:
+    """labels.csv with the first ``n`` of LABEL_ROWS, or with ``names`` as values 1, 2, ... (no codes)."""
+    rows = LABEL_ROWS[:n] if names is None else [(v, name, None, None, None, None) for v, name in enumerate(names, start=1)]
     out = io.StringIO()
     columns = ["LabelValue", "Name"] + [f"{f}.{p}" for f in FIELDS for p in ("CodingSchemeDesignator", "CodeValue", "CodeMeaning")]
     writer = csv.writer(out)
     writer.writerow(columns)
-    for value, name, *codes in LABEL_ROWS[:n]:
+    for value, name, *codes in rows:
         row = [value, name]
         for code in codes + [None]:
             row += list(code or ("", "", ""))
@@ -54,8 +56,9 @@ def labels_csv(n: int) -> str:
 
 
 def make_zip(folder: Path, zip_name: str, in_channels: int = 1, classes: int = 3, inner: str = "model", seed: int = 0,
-             labels: bool = True, checkpoint: bool = True, extra: dict | None = None, **config) -> Path:
-    """An Auto3DSeg model zip: ``<inner>/model.pt`` (config + state_dict) and ``<inner>/labels.csv``."""
+             labels: bool = True, checkpoint: bool = True, extra: dict | None = None, label_names: list[str] | None = None,
+             **config) -> Path:
+    """An Auto3DSeg model zip: ``<inner>/model.pt`` (config + state_dict) and ``<inner>/labels.csv`` (``label_names`` if given)."""
     from monai.networks.nets import SegResNetDS
 
     torch.manual_seed(seed)
@@ -73,7 +76,7 @@ def make_zip(folder: Path, zip_name: str, in_channels: int = 1, classes: int = 3
         if checkpoint:
             z.writestr(f"{inner}/model.pt", buffer.getvalue())
         if labels:
-            z.writestr(f"{inner}/labels.csv", labels_csv(min(3, classes if not cfg["sigmoid"] else 3)))
+            z.writestr(f"{inner}/labels.csv", labels_csv(min(3, classes if not cfg["sigmoid"] else 3), label_names))
         z.writestr("README.txt", "test model")
     return path
 
