@@ -90,19 +90,6 @@ class DownloadCancelled(FetchError):
     """The user cancelled a download; its partial file is kept so that the next try resumes."""
 
 
-class CancelToken:
-    """Pass to a download as ``cancel``; call :meth:`cancel` from any thread to stop it."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    def __call__(self) -> bool:
-        return self._event.is_set()
-
-
 Progress = Callable[[float], None]
 Cancel = Callable[[], bool]
 MIRROR_ENV = "MEDAI_MODEL_MIRROR"

@@ -9,7 +9,8 @@ import os
 import pytest
 
 from http_fixture import FileServer
-from medai.fetch import (CancelToken, DownloadCancelled, FetchError, download_file, fetch_file, fetch_source,
+from medai.engine.progress import CancelToken
+from medai.fetch import (DownloadCancelled, FetchError, download_file, fetch_file, fetch_source,
                          record_path, recorded_sha256, sha256_of)
 
 DATA = os.urandom(3 << 20)  # 3 MiB: several read blocks, so a cut and a cancel land mid-file

@@ -30,6 +30,10 @@ class CancelToken:
     def cancelled(self) -> bool:
         return self._event.is_set()
 
+    def __call__(self) -> bool:
+        """``token()`` is ``token.cancelled``: downloads take any ``() -> bool`` as their cancel check."""
+        return self._event.is_set()
+
     def check(self) -> None:
         if self._event.is_set():
             raise Cancelled("cancelled by the user")

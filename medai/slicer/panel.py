@@ -124,7 +124,7 @@ class ModelDownload:
     def __init__(self, name: str, start: bool = True) -> None:
         import threading
 
-        from ..fetch import CancelToken
+        from ..engine.progress import CancelToken
 
         entry = catalog.find_model(name)
         if entry is None:
