@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom.series import is_dicom_file
 from .geometry import GeometryError, Volume
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,6 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 OTHER_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff", ".npz")
 PHOTOMETRIC, PIXEL_SPACING, IMAGER_PIXEL_SPACING = "0028|0004", "0028|0030", "0018|1164"
-
-
-def is_dicom_file(path: Path) -> bool:
-    """A DICOM Part 10 file: ``DICM`` after the 128-byte preamble."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def is_radiograph(path: str | Path) -> bool:

@@ -14,20 +14,24 @@ from ..resample import resample_volume_to
 log = logging.getLogger(__name__)
 
 
-def stack_inputs(volumes: list[Volume], expected_channels: int, model_name: str) -> torch.Tensor:
-    """Channel-first ``(C, I, J, K)`` float32 tensor; later volumes are resampled onto the first one's grid."""
+def on_first_grid(volumes: list[Volume]) -> list[Volume]:
+    """The volumes, their voxels checked, the later ones resampled onto the first one's grid where they differ."""
     if not volumes:
         raise GeometryError("no input volume given; select at least one volume")
     for v in volumes:
         check_voxels(v)
-    ref = volumes[0]
-    channels = []
+    ref, out = volumes[0], []
     for v in volumes:
         if v is not ref and not same_grid(v, ref):
             log.info("resampling %s onto the grid of %s", v.name, ref.name)
             v = resample_volume_to(v, ref)
-        view = torch.from_numpy(to_ijk_array(v))
-        channels.append(view)
+        out.append(v)
+    return out
+
+
+def stack_inputs(volumes: list[Volume], expected_channels: int, model_name: str) -> torch.Tensor:
+    """Channel-first ``(C, I, J, K)`` float32 tensor; later volumes are resampled onto the first one's grid."""
+    channels = [torch.from_numpy(to_ijk_array(v)) for v in on_first_grid(volumes)]
     total = sum(c.shape[0] for c in channels)
     if total != expected_channels:
         raise GeometryError(

@@ -377,21 +377,13 @@ def _input_dict(volumes: list[Volume], keys: list[str], brats: bool, expected: i
     """The loaded inputs as the script's LoadImaged gives them: channel-first MetaTensors with a RAS affine."""
     import torch
 
-    from ...geometry import GeometryError, check_voxels, same_grid, to_metatensor
-    from ...resample import resample_volume_to
+    from ...engine.common import on_first_grid
+    from ...geometry import GeometryError, to_metatensor
 
-    for v in volumes:
-        check_voxels(v)
     if len(volumes) != expected:
         raise GeometryError(f"model {name} takes {expected} input volume(s), got {len(volumes)} "
                             f"({', '.join(v.name for v in volumes)}); select matching inputs")
-    ref = volumes[0]
-    aligned = []
-    for v in volumes:
-        if v is not ref and not same_grid(v, ref):
-            log.info("resampling %s onto the grid of %s", v.name, ref.name)
-            v = resample_volume_to(v, ref)
-        aligned.append(to_metatensor(v))
+    aligned = [to_metatensor(v) for v in on_first_grid(volumes)]
     if brats:  # LoadImaged of a list of files: one image, the files as channels, the first file's metadata
         from monai.data import MetaTensor
 
