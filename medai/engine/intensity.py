@@ -37,7 +37,17 @@ def apply_intensity(x: torch.Tensor, ops: list[dict], stats: dict) -> torch.Tens
     ``percentile_scale`` with ``"statistics": "first_stage"`` computes its percentiles once, on the
     first stage's input, and reuses them in later stages (deepbet normalises both of its
     networks with the percentiles of the whole downsampled head).
+
+    ``x`` itself is never changed: the first op makes a new tensor and later ops work on it in place
+    (the same element-wise operations, so the same values, without a full-size temporary per step).
     """
+    owned = False
+
+    def fresh(t: torch.Tensor) -> torch.Tensor:
+        nonlocal owned
+        owned = True
+        return t
+
     for op in ops:
         kind = op["op"]
         if kind == "percentile_scale":
@@ -47,17 +57,21 @@ def apply_intensity(x: torch.Tensor, ops: list[dict], stats: dict) -> torch.Tens
             else:
                 low, high = _quantiles(x, op.get("lower", 0.5), op.get("upper", 99.5))
                 stats[key] = (low, high)
-            x = (x - low) / max(high - low, 1e-8)
+            x = x.sub_(low) if owned else fresh(x - low)
+            x.div_(max(high - low, 1e-8))
         elif kind == "scale_range":
             a_min, a_max = float(op["a_min"]), float(op["a_max"])
             b_min, b_max = float(op.get("b_min", 0.0)), float(op.get("b_max", 1.0))
-            x = (x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min
+            x = x.sub_(a_min) if owned else fresh(x - a_min)
+            x.div_(a_max - a_min).mul_(b_max - b_min).add_(b_min)
             if op.get("clip", False):
-                x = x.clamp(min(b_min, b_max), max(b_min, b_max))
+                x.clamp_(min(b_min, b_max), max(b_min, b_max))
         elif kind == "clip":
-            x = x.clamp(op.get("min"), op.get("max"))
+            x = x.clamp_(op.get("min"), op.get("max")) if owned else fresh(x.clamp(op.get("min"), op.get("max")))
         elif kind == "zscore":
-            x = (x - x.mean()) / x.std().clamp_min(1e-8)
+            mean, std = x.mean(), x.std().clamp_min(1e-8)
+            x = x.sub_(mean) if owned else fresh(x - mean)
+            x.div_(std)
         elif kind == "nonzero_zscore":
             out = x.clone()
             for c in range(x.shape[0]):
@@ -65,11 +79,13 @@ def apply_intensity(x: torch.Tensor, ops: list[dict], stats: dict) -> torch.Tens
                 if nz.any():
                     v = x[c][nz]
                     out[c][nz] = (v - v.mean()) / v.std(unbiased=False).clamp_min(1e-8)
-            x = out
+            x = fresh(out)
         elif kind == "denoise":
-            x = denoise(x, op.get("method", "gaussian"), op.get("sigma", 0.75), op.get("size", 3))
+            x = fresh(denoise(x, op.get("method", "gaussian"), op.get("sigma", 0.75), op.get("size", 3)))
         elif kind == "affine":
-            x = x * float(op.get("scale", 1.0)) + float(op.get("shift", 0.0))
+            scale, shift = float(op.get("scale", 1.0)), float(op.get("shift", 0.0))
+            x = x.mul_(scale) if owned else fresh(x * scale)
+            x.add_(shift)
         else:
             raise ModelCardError(f"intensity op {kind!r} unknown")
     return x

@@ -346,7 +346,7 @@ def result_warnings(result: SegmentationResult, model: LoadedModel) -> list[str]
     """The card's plausibility ranges (``expected.volume_ml``) checked against the result."""
     if len(result.layers) != 1:
         return []
-    counts = np.bincount(result.layers[0].ravel().astype(np.int64))
+    counts = np.bincount(result.layers[0].ravel())  # uint8/uint16 labels: no int64 copy
     volumes = {lab.value: (lab.name, float(counts[lab.value] if lab.value < len(counts) else 0) * result.reference.voxel_volume_ml)
                for lab in result.labels}
     return plausibility_warnings(model.card.expected_volume_ml, volumes, model.name)
