@@ -55,6 +55,11 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     if mask.ndim not in (2, 3):
         raise ValueError(f"fill_holes: expected a 2D or 3D mask, got {mask.ndim} dimensions {mask.shape}")
     fill_voids = _require("fill_voids", "fill-voids")
+    if mask.flags.c_contiguous:
+        # fill_voids works in Fortran order: given a C array it copies in and returns a Fortran array, which makes
+        # every later operation against C arrays several times slower. The transposed view is Fortran-ordered,
+        # and hole filling does not depend on the order of the axes, so the same mask comes back in C order.
+        return fill_voids.fill(mask.T, in_place=False).T
     return fill_voids.fill(mask, in_place=False)
 
 
