@@ -119,18 +119,103 @@ def pin_device(config: Any, device: str) -> Any:
     return config
 
 
-def checkpoint_path(parser: Any, folder: Path) -> Path:
-    """``models/model.pt``, or the file a ``CheckpointLoader`` handler of the config loads (pediatric: ``models/dynunet_FT.pt``)."""
-    default = folder / "models" / "model.pt"
-    handlers = parser.get("handlers") if "handlers" in parser else None
-    if default.exists() or not isinstance(handlers, list):
-        return default
-    for handler in handlers:
-        if isinstance(handler, dict) and str(handler.get("_target_", "")).endswith("CheckpointLoader"):
-            found = re.search(r"""['"]/?(models/[^'"]+\.pth?)['"]""", str(handler.get("load_path", "")))
-            if found and (folder / found.group(1)).exists():
+def configured_checkpoint(parser: Any, folder: Path) -> Path:
+    """The weights file the inference config names: a ``CheckpointLoader``'s ``load_path`` (handler or top-level item;
+    pediatric: ``models/dynunet_FT.pt``), else ``models/model.pt``."""
+    items = list(parser.get("handlers") or []) if isinstance(parser.get("handlers"), list) else []
+    items += [v for v in (parser.get("") or {}).values() if isinstance(v, dict)]
+    for item in items:
+        if isinstance(item, dict) and str(item.get("_target_", "")).endswith("CheckpointLoader"):
+            found = re.search(r"""['"]/?(models/[^'"]+\.pth?)['"]""", str(item.get("load_path", "")))
+            if found:
                 return folder / found.group(1)
-    return default
+    return folder / "models" / "model.pt"
+
+
+def checkpoint_path(parser: Any, folder: Path) -> Path:
+    """``models/model.pt``, or the file a ``CheckpointLoader`` of the config loads (pediatric: ``models/dynunet_FT.pt``)."""
+    default = folder / "models" / "model.pt"
+    named = configured_checkpoint(parser, folder)
+    return named if not default.exists() and named.exists() else default
+
+
+_NETWORK_REF = re.compile(r"@network\b")
+
+
+def own_weight_loaders(parser: Any) -> list[str]:
+    """Ids of ``initialize`` expressions that load the weights into ``@network`` with the bundle's own code (mindgrab's
+    ``checkpoint.load_meshnet_checkpoint`` reads the upstream checkpoint's key layout and checks its sha256)."""
+    steps = parser.get("initialize") if "initialize" in parser else None
+    if not isinstance(steps, list):
+        return []
+    return [f"initialize#{n}" for n, step in enumerate(steps)
+            if isinstance(step, str) and step.startswith("$") and _NETWORK_REF.search(step) and "models/" in step]
+
+
+def _numpy_array_globals() -> list:
+    """What ``torch.load(weights_only=True)`` must accept to read numpy arrays and scalars, under numpy 1 and 2 names.
+
+    DiNTS bundles load their architecture (``models/search_code_*.pt``, written by their ``scripts/search.py``:
+    numpy arrays from ``TopologySearch.decode()`` plus ints and floats) with a bare ``torch.load``; torch's
+    default ``weights_only=True`` refuses numpy's reconstruct functions unless they are allowed like this.
+    """
+    import numpy as np
+
+    core = np._core if hasattr(np, "_core") else np.core
+    dtypes = {type(np.dtype(t)) for t in (bool, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+                                          np.uint64, np.float16, np.float32, np.float64)}
+    out: list = [np.ndarray, np.dtype, *sorted(dtypes, key=str)]
+    for name in ("_reconstruct", "scalar"):
+        fn = getattr(core.multiarray, name)
+        out += [fn, (fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
+    return out
+
+
+# Postprocessing steps that return the input image masked (a skull-stripped image), not a labelmap: MedAI keeps the
+# steps that make their mask and brings it back to the input grid by nearest neighbour itself, as they do.
+MASKING_STEPS = {
+    # mindgrab scripts/postprocess.py: argmax, largest 26-connected component, nearest reslice, then the input masked
+    "MindGrabPostprocessd": lambda keys: [{"_target_": "AsDiscreted", "keys": keys, "argmax": True},
+                                          {"_target_": "KeepLargestConnectedComponentd", "keys": keys, "applied_labels": [1],
+                                           "connectivity": 3}],
+}
+
+
+def _unmask(parser: Any, key: str) -> None:
+    """Replace the :data:`MASKING_STEPS` of a postprocessing Compose config by the steps that make their mask."""
+    config = parser[key]
+    if not (isinstance(config, dict) and isinstance(config.get("transforms"), list)):
+        return
+    steps = []
+    for t in config["transforms"]:
+        make = MASKING_STEPS.get(str(t.get("_target_", "")).split(".")[-1]) if isinstance(t, dict) else None
+        steps += make(t.get("keys", "pred")) if make else [t]
+    parser[key] = {**config, "transforms": steps}
+
+
+def loaded_keys(parser: Any) -> tuple[list[str], bool]:
+    """The image keys the inference preprocessing loads, in order, and whether it kept meta dicts (``image_only=False``).
+
+    Keys no later preprocessing step uses (renalStructures_CECT loads a ``label`` it never transforms) are left out.
+    """
+    config = parser["preprocessing"] if "preprocessing" in parser else None
+    steps = config.get("transforms") if isinstance(config, dict) else None
+    if not isinstance(steps, list):
+        return [], False
+
+    def keys_of(step: dict) -> list[str]:
+        keys = step.get("keys", [])
+        keys = [keys] if isinstance(keys, str) else list(keys or [])
+        return [str(parser[k[1:]]) if isinstance(k, str) and k.startswith("@") and k[1:] in parser else str(k) for k in keys]
+
+    loads = [s for s in steps if isinstance(s, dict) and str(s.get("_target_", "")).split(".")[-1] in ("LoadImaged", "LoadImage")]
+    if not loads:
+        return [], False
+    used = {k for s in steps if isinstance(s, dict) and s not in loads for k in keys_of(s)}
+    used |= {str(v) for s in steps if isinstance(s, dict) for f, v in s.items() if f in ("keys_merge", "source_key")
+             for v in ([v] if isinstance(v, str) else v or [])}
+    keys = [k for k in keys_of(loads[0]) if k in used]
+    return keys, loads[0].get("image_only") is False
 
 
 @contextlib.contextmanager
@@ -149,8 +234,18 @@ def bundle_scripts_importable(folder: Path):
         sys.path.remove(str(folder))
 
 
+@contextlib.contextmanager
+def bundle_parsing(folder: Path):
+    """While a bundle's config is parsed: its ``scripts`` importable, and numpy arrays readable by its own
+    ``torch.load`` (DiNTS search codes); ``weights_only`` stays on, so nothing else unpickles."""
+    import torch
+
+    with bundle_scripts_importable(folder), torch.serialization.safe_globals(_numpy_array_globals()):
+        yield
+
+
 def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
-    with bundle_scripts_importable(folder):
+    with bundle_parsing(folder):
         return _load_bundle(folder, device)
 
 
@@ -172,14 +267,22 @@ def _load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     parser["device"] = f"$torch.device('{device}')"
     meta = json.loads(meta_path.read_text())
     where = f"bundle {folder.name}"
+    keys, meta_dicts = loaded_keys(parser)  # several (renalStructures_CECT: artery, vein, excret): one volume each
     # the image arrives in memory, channel-first, and the result goes to the scene: no file I/O transforms and no
     # EnsureChannelFirst (a bundle's channel_dim="no_channel", e.g. renalStructures_UNEST, would add a second channel axis)
     _strip(parser, "preprocessing", ("LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureChannelFirst"))
     if "postprocessing" in parser:
         _strip(parser, "postprocessing", ("SaveImaged", "SaveImage", "SaveClassificationd", "SaveClassification"))
+        _unmask(parser, "postprocessing")
     try:
         ts_path, pt_path = folder / "models" / "model.ts", checkpoint_path(parser, folder)
-        if pt_path.exists():
+        own_loaders = own_weight_loaders(parser)
+        if pt_path.exists() and own_loaders:  # the bundle's own code reads its checkpoint (mindgrab)
+            network = parse_network_def(parser)
+            parser["network"] = network
+            for step in own_loaders:
+                parser.get_parsed_content(step)
+        elif pt_path.exists():
             net_def = parser.get("network_def")
             if isinstance(net_def, dict) and net_def.get("pretrained"):
                 parser["network_def"]["pretrained"] = False  # models/model.pt replaces them; nothing is downloaded
@@ -207,12 +310,18 @@ def _load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     fmt = meta.get("network_data_format", {})
     image_in = fmt.get("inputs", {}).get("image", {})
     channels = int(image_in.get("num_channels", 1))
+    if len(keys) > 1:  # one input per loaded key, each its own volume with its own grid
+        inputs = [{"name": k, "modality": image_in.get("modality", ""), "bundle_key": k,
+                   "meta_dict": f"{k}_meta_dict" if meta_dicts else None} for k in keys]
+    else:
+        inputs = [{"name": str(n), "modality": image_in.get("modality", "")}
+                  for n in (image_in.get("channel_def") or {str(i): f"channel {i}" for i in range(channels)}).values()]
     card = ModelCard(
         name=meta.get("name") or folder.name,
         task=_bundle_task(meta),
         stages=[],
         labels=bundle_labels(meta) or config_labels(parser),
-        inputs=[{"name": str(n), "modality": image_in.get("modality", "")} for n in (image_in.get("channel_def") or {str(i): f"channel {i}" for i in range(channels)}).values()],
+        inputs=inputs,
         root=folder,
         title=meta.get("name", folder.name),
         description=meta.get("description", ""),
