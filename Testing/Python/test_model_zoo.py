@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -77,13 +78,8 @@ def bundle_with_fresh_weights(src: Path, dest: Path, network_args: dict | None =
 def write_search_code(parser, path: Path) -> None:
     """A DiNTS architecture (few channels: decode() does not depend on them) as the bundle's ``scripts/search.py`` saves it: ``TopologySearch.decode()``'s numpy arrays
     (``node_a``, ``arch_code_a``, ``arch_code_a_max``, ``arch_code_c``) and the search's counters, with ``torch.save``."""
-    from monai.networks.nets import TopologySearch
-
     space = parser["dints_space"]
-    torch.manual_seed(0)
-    search = TopologySearch(channel_mul=0.125, num_blocks=space["num_blocks"], num_depths=space["num_depths"],
-                            use_downsample=space["use_downsample"], device="cpu")
-    node_a, arch_code_a, arch_code_c, arch_code_a_max = search.decode()
+    node_a, arch_code_a, arch_code_c, arch_code_a_max = decoded_search(space["num_blocks"], space["num_depths"], space["use_downsample"])
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"node_a": node_a, "arch_code_a": arch_code_a, "arch_code_a_max": arch_code_a_max, "arch_code_c": arch_code_c,
                 "iter_num": 100, "epochs": 1, "best_dsc": 0.5, "best_path": 100}, path)
@@ -159,6 +155,16 @@ def test_bundle_that_adds_its_own_channel_axis_runs_like_the_original(model_zoo,
     assert a.layers[0].shape == arr.shape and np.array_equal(a.layers[0], b.layers[0])
 
 
+@functools.lru_cache
+def decoded_search(num_blocks: int, num_depths: int, use_downsample: bool) -> tuple:
+    """``TopologySearch.decode()`` of a freshly initialised search space (about 20 s on 2 cores: once per session)."""
+    from monai.networks.nets import TopologySearch
+
+    torch.manual_seed(0)
+    return TopologySearch(channel_mul=0.125, num_blocks=num_blocks, num_depths=num_depths, use_downsample=use_downsample,
+                          device="cpu").decode()
+
+
 def test_dints_search_code_as_published_loads_with_weights_only(tmp_path):
     """pancreas DiNTS reads its architecture with a bare ``torch.load``; the file holds numpy arrays, which torch's
     default ``weights_only=True`` refuses: MedAI allows numpy arrays (and nothing else) while parsing a bundle."""
@@ -182,25 +188,6 @@ def test_dints_search_code_as_published_loads_with_weights_only(tmp_path):
     with bundle_parsing(tmp_path), pytest.raises(pickle.UnpicklingError):  # still no arbitrary objects
         torch.save({"x": Path("not-an-array")}, tmp_path / "other.pt")
         torch.load(tmp_path / "other.pt")
-
-
-def test_cect_bundle_takes_three_phases_under_its_own_keys(tmp_path):
-    """renalStructures_CECT loads artery, vein and excret images separately and merges them with its own ConcatImages:
-    each volume goes under its key with its own affine; the result is on the first volume's grid."""
-    from conftest import zoo_bundle
-
-    folder = bundle_with_fresh_weights(zoo_bundle("renalStructures_CECT_segmentation"), tmp_path / "cect")
-    model = load_model(folder, "cpu", trust=True)
-    assert [i["name"] for i in model.card.inputs] == ["artery", "vein", "excret"]
-    rng = np.random.default_rng(0)
-    shape = (20, 18, 16)
-    affine = oblique_affine(spacing=(2.0, 2.0, 2.0))
-    phases = [Volume(rng.normal(100 * (n + 1), 30, shape).astype(np.float32), affine, name=p) for n, p in enumerate(("artery", "vein", "excret"))]
-    result = segment(model, phases)
-    assert result.reference is phases[0] and result.layers[0].shape == shape
-    assert set(np.unique(result.layers[0])) <= {0, 1, 2, 3, 4, 5}
-    with pytest.raises(Exception, match="expects 3 volumes"):
-        segment(model, phases[:2])
 
 
 def test_mindgrab_mask_is_the_one_its_own_postprocessing_applies(tmp_path):

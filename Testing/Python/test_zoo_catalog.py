@@ -167,7 +167,7 @@ def publish(catalog: Path, mirror: Path, name: str, version: str | None = None) 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if RUNNABLE[n][2] else []) for n in RUNNABLE])
 def test_zoo_entry_downloads_through_the_mirror_folder_and_runs(zoo_env, name):
     from medai.engine.segment import segment
-    from medai.geometry import Volume
+    from medai.geometry import GeometryError, Volume
     from medai.models import catalog as cat
     from medai.models.loader import load_model
 
@@ -190,6 +190,11 @@ def test_zoo_entry_downloads_through_the_mirror_folder_and_runs(zoo_env, name):
         volumes = [Volume(arr, oblique_affine(spacing=spacing), name=name)]
     result = segment(model, volumes)
     assert result.reference is volumes[0] and all(layer.shape == shape for layer in result.layers)
+    if len(volumes) > 1:  # renalStructures_CECT: its own keys, in order; every phase is needed
+        assert [i["name"] for i in model.card.inputs] == ["artery", "vein", "excret"]
+        assert set(np.unique(result.layers[0])) <= {lab.value for lab in result.labels} | {0}
+        with pytest.raises(GeometryError, match="expects 3 volumes"):
+            segment(model, volumes[:2])
 
 
 def test_a_mirror_zip_with_another_checksum_is_refused(model_zoo, zoo_env):
