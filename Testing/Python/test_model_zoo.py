@@ -185,6 +185,13 @@ def test_dints_search_code_as_published_loads_with_weights_only(tmp_path):
     with bundle_parsing(tmp_path):
         code = torch.load(path)
     assert isinstance(code["node_a"], np.ndarray) and code["arch_code_c"].shape[0] == code["arch_code_a"].shape[0] == 12
+    # the published file (2022) was pickled under numpy 1, whose arrays are named numpy.core.multiarray: also allowed
+    legacy = tmp_path / "numpy1.pt"
+    torch.save(code, legacy, _use_new_zipfile_serialization=False, pickle_protocol=2)  # plain pickle: names as text
+    legacy.write_bytes(legacy.read_bytes().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert b"numpy.core.multiarray" in legacy.read_bytes()
+    with bundle_parsing(tmp_path):
+        assert np.array_equal(torch.load(legacy)["node_a"], code["node_a"])
     with bundle_parsing(tmp_path), pytest.raises(pickle.UnpicklingError):  # still no arbitrary objects
         torch.save({"x": Path("not-an-array")}, tmp_path / "other.pt")
         torch.load(tmp_path / "other.pt")
