@@ -23,8 +23,8 @@ from ..models.card import ModelCard, Stage
 from ..models.loader import LoadedModel
 from ..resample import grid_with_spacing, resample_channels
 from ..results import Label, SegmentationResult
-from .common import activation as _activation
 from .bundle_inputs import bundle_input_data
+from .common import activation as _activation
 from .common import inference, set_cpu_threads, softmax_, stack_inputs
 from .intensity import apply_intensity
 from .postprocess import bounding_box, largest_component, postprocess_labelmap
