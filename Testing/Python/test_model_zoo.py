@@ -165,6 +165,7 @@ def decoded_search(num_blocks: int, num_depths: int, use_downsample: bool) -> tu
                           device="cpu").decode()
 
 
+@pytest.mark.slow
 def test_dints_search_code_as_published_loads_with_weights_only(tmp_path):
     """pancreas DiNTS reads its architecture with a bare ``torch.load``; the file holds numpy arrays, which torch's
     default ``weights_only=True`` refuses: MedAI allows numpy arrays (and nothing else) while parsing a bundle."""
@@ -197,6 +198,7 @@ def test_dints_search_code_as_published_loads_with_weights_only(tmp_path):
         torch.load(tmp_path / "other.pt")
 
 
+@pytest.mark.slow
 def test_mindgrab_mask_is_the_one_its_own_postprocessing_applies(tmp_path):
     """mindgrab's postprocessing returns the input with non-brain voxels set to the image minimum; MedAI keeps its mask
     steps (argmax, largest 26-connected component) and brings the mask to the input grid: the same voxels are kept."""
