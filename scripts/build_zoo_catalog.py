@@ -5,7 +5,10 @@ configs/metadata.json, the zip's published checksum from models/model_info.json,
 files' hashes from large_files.yml, licence flags from LICENSE and docs/data_license.txt, GPU
 run time from the README's "end2end" row where one is published.
 
-    python scripts/build_zoo_catalog.py /path/to/model-zoo.git [commit]
+    python scripts/build_zoo_catalog.py /path/to/model-zoo.git [commit] [--also NAME=FOLDER@COMMIT ...]
+
+``--also`` adds a bundle newer than that commit (mindgrab) from FOLDER, laid out like the repository
+(``models/NAME/...``; ``models/model_info.json`` if that commit's is at hand), read at COMMIT.
 """
 
 from __future__ import annotations
@@ -23,16 +26,22 @@ BUNDLES = [
     "renalStructures_UNEST_segmentation", "renalStructures_CECT_segmentation",
     "prostate_mri_anatomy", "brats_mri_segmentation", "wholeBrainSeg_Large_UNEST_segmentation",
 ]
+# Newer than the snapshot above: given with --also (the order of the catalog follows this list after BUNDLES).
+NEWER = ["mindgrab"]
 # Channel names a bundle's README gives where its metadata.json does not (quoted in the README).
 CHANNELS = {
     # "Input is artery, vein, excretory phases after mutual registration and concatenated to 3 channel 3D tensor."
     "renalStructures_CECT_segmentation": ["CT arterial phase", "CT venous phase", "CT excretory phase"],
+    # metadata: modality "any", channel "image"; README: "removes non-brain tissue from a 3D medical image"
+    "mindgrab": ["head image (any modality)"],
 }
 NOTES = {
     "renalStructures_CECT_segmentation": "Three registered contrast phases (arterial, venous, excretory), cropped to the kidney region, as the bundle README describes.",
     "wholeBrainSeg_Large_UNEST_segmentation": "Needs a T1w MRI already registered (affine) to the MNI305 template (bundle README: "
     "\"The data should be in the MNI305 space before inference.\"); MedAI does not register it for you.",
     "pancreas_ct_dints_segmentation": "The bundle's config hard-codes CUDA; MedAI runs it on the device you pick.",
+    "mindgrab": "MedAI gives the brain mask (the bundle itself writes the input with non-brain voxels set to the image "
+    "minimum). Whole-volume inference on a 256x256x256 grid: slow on a CPU.",
 }
 
 
@@ -41,6 +50,10 @@ def git(repo: str, commit: str, *args: str) -> str:
 
 
 def show(repo: str, commit: str, path: str) -> str | None:
+    """A file of the repository at ``commit``: from a git directory, or from a folder laid out like the repository."""
+    if (Path(repo) / "models").is_dir():
+        file = Path(repo) / path
+        return file.read_text() if file.is_file() else None
     try:
         return git(repo, commit, "show", f"{commit}:{path}")
     except subprocess.CalledProcessError:
@@ -70,8 +83,11 @@ def licence(repo: str, commit: str, base: str, meta: dict) -> tuple[str, str | N
         flag = "non-commercial"
     elif re.search(r"data usage agreement|data use agreement", text, re.I):
         flag = "data-use agreement"
+    heads = [line.strip() for line in code.splitlines() if re.fullmatch(r"[\w .-]{1,40} License", line.strip())]
     if "Apache License" in first:
         summary = "Apache-2.0 (bundle code and weights)"
+    elif len(heads) > 1:  # mindgrab: MIT and BSD 2-Clause back to back
+        summary = " and ".join(heads) + " (bundle LICENSE)"
     else:
         summary = first or meta.get("license", "see the bundle's LICENSE")
     if data:
@@ -143,13 +159,23 @@ def entry(repo: str, commit: str, name: str, info: dict) -> dict:
 
 
 def main() -> None:
-    repo = sys.argv[1]
-    commit = sys.argv[2] if len(sys.argv) > 2 else "HEAD"
+    args = sys.argv[1:]
+    also = dict(a.split("=", 1) for a in args[args.index("--also") + 1:]) if "--also" in args else {}
+    args = args[:args.index("--also")] if "--also" in args else args
+    repo = args[0]
+    commit = args[1] if len(args) > 1 else "HEAD"
     sha = git(repo, commit, "rev-parse", commit).strip()
     info = json.loads(show(repo, commit, "models/model_info.json"))
     models = [entry(repo, commit, n, info) for n in BUNDLES]
+    sources = [f"github.com/Project-MONAI/model-zoo@{sha}"]
+    for name in [n for n in NEWER if n in also]:
+        folder, newer = also[name].rsplit("@", 1)
+        newer_info = json.loads(show(folder, newer, "models/model_info.json") or "{}")
+        models.append(entry(folder, newer, name, newer_info))
+        models[-1]["source"]["commit"] = newer
+        sources.append(f"{name}@{newer}" + ("" if newer_info else " (its models/model_info.json was not at hand: no published checksum)"))
     out = Path(__file__).resolve().parents[1] / "Resources" / "Catalog" / "models.d" / "model-zoo.json"
-    doc = {"generated_from": f"github.com/Project-MONAI/model-zoo@{sha} by scripts/build_zoo_catalog.py", "models": models}
+    doc = {"generated_from": "; ".join(sources) + " by scripts/build_zoo_catalog.py", "models": models}
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"{out}: {len(models)} bundles")
 

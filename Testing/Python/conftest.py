@@ -14,6 +14,8 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this checkout's medai/, also from a git worktree
 MODEL_ZOO = REPO.parent / "shared" / "fixtures" / "model-zoo"
+# bundles not in ../shared: local copies of their configs (Testing/Data/model-zoo/README.md; not committed)
+MODEL_ZOO_LOCAL = REPO / "Testing" / "Data" / "model-zoo"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -39,6 +41,14 @@ def model_zoo() -> Path:
     if not MODEL_ZOO.is_dir():
         pytest.skip(f"MONAI model-zoo fixtures not found at {MODEL_ZOO} (../shared is absent in this checkout)")
     return MODEL_ZOO
+
+
+def zoo_bundle(name: str) -> Path:
+    """A model-zoo bundle's configs: from ../shared/fixtures/model-zoo first, else Testing/Data/model-zoo (else skip)."""
+    for root in (MODEL_ZOO, MODEL_ZOO_LOCAL):
+        if (root / name / "configs" / "metadata.json").exists():
+            return root / name
+    pytest.skip(f"configs of model-zoo bundle {name} not found in {MODEL_ZOO} or {MODEL_ZOO_LOCAL} (see {MODEL_ZOO_LOCAL / 'README.md'})")
 
 
 def oblique_affine(spacing=(0.8, 1.1, 2.5), angles=(0.3, -0.2, 0.5), origin=(-20.0, 35.0, 7.5), flip_x=True) -> np.ndarray:

@@ -23,6 +23,7 @@ from ..models.card import ModelCard, Stage
 from ..models.loader import LoadedModel
 from ..resample import grid_with_spacing, resample_channels
 from ..results import Label, SegmentationResult
+from .bundle_inputs import bundle_input_data
 from .common import activation as _activation
 from .common import inference, set_cpu_threads, softmax_, stack_inputs
 from .intensity import apply_intensity
@@ -281,16 +282,11 @@ def segment_with_bundle(model: LoadedModel, volumes: list[Volume], progress: Pro
     ref = volumes[0]
     set_cpu_threads()
     with progress.stage("preprocess", 0.15):
-        expected = len(model.card.inputs)
         roi = getattr(parts.inferer, "roi_size", None)
         if roi is not None and len(roi) == 3:
             require_3d(volumes, model.card.name)
-        x = stack_inputs(volumes, expected, model.card.name)
-        image = MetaTensor(x, affine=torch.as_tensor(ref.ijk_to_ras), meta={
-            "filename_or_obj": ref.name, "original_affine": torch.as_tensor(ref.ijk_to_ras),
-            "spatial_shape": np.asarray(ref.shape_ijk), "original_channel_dim": 0, "space": "RAS",
-        })
-        data = parts.preprocessing({parts.image_key: image}) if parts.preprocessing else {parts.image_key: image}
+        data = bundle_input_data(model, volumes)  # under the bundle's own keys (several for renalStructures_CECT)
+        data = parts.preprocessing(data) if parts.preprocessing else data
     net = model.networks[0]
     with progress.stage("inference", 0.7):
         img = data[parts.image_key]

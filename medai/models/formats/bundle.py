@@ -19,6 +19,7 @@ from ...results import Label
 from .. import trust
 from ..card import ModelCard, ModelLoadError, bundle_class_names, bundle_output, parse_labels
 from . import ModelFormat, extract_model_zip, zip_names
+from .bundle_config import loaded_keys, numpy_array_globals, own_weight_loaders, unmask
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -119,18 +120,24 @@ def pin_device(config: Any, device: str) -> Any:
     return config
 
 
-def checkpoint_path(parser: Any, folder: Path) -> Path:
-    """``models/model.pt``, or the file a ``CheckpointLoader`` handler of the config loads (pediatric: ``models/dynunet_FT.pt``)."""
-    default = folder / "models" / "model.pt"
-    handlers = parser.get("handlers") if "handlers" in parser else None
-    if default.exists() or not isinstance(handlers, list):
-        return default
-    for handler in handlers:
-        if isinstance(handler, dict) and str(handler.get("_target_", "")).endswith("CheckpointLoader"):
-            found = re.search(r"""['"]/?(models/[^'"]+\.pth?)['"]""", str(handler.get("load_path", "")))
-            if found and (folder / found.group(1)).exists():
+def configured_checkpoint(parser: Any, folder: Path) -> Path:
+    """The weights file the inference config names: a ``CheckpointLoader``'s ``load_path`` (handler or top-level item;
+    pediatric: ``models/dynunet_FT.pt``), else ``models/model.pt``."""
+    items = list(parser.get("handlers") or []) if isinstance(parser.get("handlers"), list) else []
+    items += [v for v in (parser.get("") or {}).values() if isinstance(v, dict)]
+    for item in items:
+        if isinstance(item, dict) and str(item.get("_target_", "")).endswith("CheckpointLoader"):
+            found = re.search(r"""['"]/?(models/[^'"]+\.pth?)['"]""", str(item.get("load_path", "")))
+            if found:
                 return folder / found.group(1)
-    return default
+    return folder / "models" / "model.pt"
+
+
+def checkpoint_path(parser: Any, folder: Path) -> Path:
+    """``models/model.pt``, or the file a ``CheckpointLoader`` of the config loads (pediatric: ``models/dynunet_FT.pt``)."""
+    default = folder / "models" / "model.pt"
+    named = configured_checkpoint(parser, folder)
+    return named if not default.exists() and named.exists() else default
 
 
 @contextlib.contextmanager
@@ -149,8 +156,18 @@ def bundle_scripts_importable(folder: Path):
         sys.path.remove(str(folder))
 
 
+@contextlib.contextmanager
+def bundle_parsing(folder: Path):
+    """While a bundle's config is parsed: its ``scripts`` importable, and numpy arrays readable by its own
+    ``torch.load`` (DiNTS search codes); ``weights_only`` stays on, so nothing else unpickles."""
+    import torch
+
+    with bundle_scripts_importable(folder), torch.serialization.safe_globals(numpy_array_globals()):
+        yield
+
+
 def load_bundle(folder: Path, device: torch.device) -> LoadedModel:
-    with bundle_scripts_importable(folder):
+    with bundle_parsing(folder):
         return _load_bundle(folder, device)
 
 
@@ -172,14 +189,22 @@ def _load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     parser["device"] = f"$torch.device('{device}')"
     meta = json.loads(meta_path.read_text())
     where = f"bundle {folder.name}"
+    keys, meta_dicts = loaded_keys(parser)  # several (renalStructures_CECT: artery, vein, excret): one volume each
     # the image arrives in memory, channel-first, and the result goes to the scene: no file I/O transforms and no
     # EnsureChannelFirst (a bundle's channel_dim="no_channel", e.g. renalStructures_UNEST, would add a second channel axis)
     _strip(parser, "preprocessing", ("LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureChannelFirst"))
     if "postprocessing" in parser:
         _strip(parser, "postprocessing", ("SaveImaged", "SaveImage", "SaveClassificationd", "SaveClassification"))
+        unmask(parser, "postprocessing")
     try:
         ts_path, pt_path = folder / "models" / "model.ts", checkpoint_path(parser, folder)
-        if pt_path.exists():
+        own_loaders = own_weight_loaders(parser)
+        if pt_path.exists() and own_loaders:  # the bundle's own code reads its checkpoint (mindgrab)
+            network = parse_network_def(parser)
+            parser["network"] = network
+            for step in own_loaders:
+                parser.get_parsed_content(step)
+        elif pt_path.exists():
             net_def = parser.get("network_def")
             if isinstance(net_def, dict) and net_def.get("pretrained"):
                 parser["network_def"]["pretrained"] = False  # models/model.pt replaces them; nothing is downloaded
@@ -207,12 +232,18 @@ def _load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     fmt = meta.get("network_data_format", {})
     image_in = fmt.get("inputs", {}).get("image", {})
     channels = int(image_in.get("num_channels", 1))
+    if len(keys) > 1:  # one input per loaded key, each its own volume with its own grid
+        inputs = [{"name": k, "modality": image_in.get("modality", ""), "bundle_key": k,
+                   "meta_dict": f"{k}_meta_dict" if meta_dicts else None} for k in keys]
+    else:
+        inputs = [{"name": str(n), "modality": image_in.get("modality", "")}
+                  for n in (image_in.get("channel_def") or {str(i): f"channel {i}" for i in range(channels)}).values()]
     card = ModelCard(
         name=meta.get("name") or folder.name,
         task=_bundle_task(meta),
         stages=[],
         labels=bundle_labels(meta) or config_labels(parser),
-        inputs=[{"name": str(n), "modality": image_in.get("modality", "")} for n in (image_in.get("channel_def") or {str(i): f"channel {i}" for i in range(channels)}).values()],
+        inputs=inputs,
         root=folder,
         title=meta.get("name", folder.name),
         description=meta.get("description", ""),
