@@ -1,0 +1,85 @@
+"""A lean MONAI import for the ``medai`` command line (one process per command).
+
+``import monai`` imports every MONAI sub-module, and their module-level ``optional_import`` calls
+import each optional package that happens to be installed: pytorch-ignite (which brings
+``torch.distributed`` and sympy), scipy.signal (with scipy.stats), pandas, matplotlib and
+scikit-learn. None of them is used to run a model; together they took about 2.5 s of CPU time of a
+cold ``medai segment`` (docs/performance.md, Cold start). While MONAI's package is being imported,
+and only in the thread importing it, they are hidden, so MONAI takes them as absent, exactly as
+when they are not installed; any other import of them (before, after, elsewhere) works as usual.
+
+What MONAI builds on them (ignite engines and handlers, CSV datasets, visualisation, sklearn
+metrics, ``UltrasoundConfidenceMapTransform``) then raises ``OptionalImportError`` in that process;
+:func:`medai.cli.main` then runs the command once more with MONAI imported fully
+(:func:`missed_optional`, :func:`rerun_full`). ``MEDAI_FULL_IMPORTS=1`` turns this off. Only the
+command line does this, never ``medai`` used as a library (Slicer, tests calling ``main([...])``).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import os
+import subprocess
+import sys
+import threading
+
+HIDDEN = ("ignite", "pandas", "matplotlib", "sklearn", "scipy.signal", "pydicom")
+FULL_IMPORTS_ENV = "MEDAI_FULL_IMPORTS"
+
+
+class LeanMonaiFinder(importlib.abc.MetaPathFinder):
+    """Fails the import of :data:`HIDDEN` packages made while MONAI's package imports, in the thread importing it."""
+
+    def __init__(self) -> None:
+        self.thread: int | None = None  # the thread that started importing MONAI
+        self.hid: list[str] = []  # what was hidden from MONAI
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "monai" and self.thread is None:
+            self.thread = threading.get_ident()
+        elif self.thread == threading.get_ident() and _monai_initialising() and any(name == h or name.startswith(h + ".") for h in HIDDEN):
+            self.hid.append(name)
+            raise ModuleNotFoundError(f"{name} is skipped while MONAI is imported (medai's fast start)", name=name)
+        return None  # the usual finders look it up
+
+
+def _monai_initialising() -> bool:
+    spec = getattr(sys.modules.get("monai"), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
+
+
+_finder: LeanMonaiFinder | None = None
+
+
+def install() -> bool:
+    """From the command-line entry point, before anything imports MONAI; returns whether the lean import is on."""
+    global _finder
+    if os.environ.get(FULL_IMPORTS_ENV, "").strip() or "monai" in sys.modules:
+        return False
+    if _finder is None:
+        _finder = LeanMonaiFinder()
+        sys.meta_path.insert(0, _finder)
+    return True
+
+
+def hidden() -> list[str]:
+    """The packages hidden from MONAI in this process (empty when MONAI was imported fully)."""
+    return list(_finder.hid) if _finder is not None else []
+
+
+def missed_optional(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it came from) is MONAI's ``OptionalImportError`` in a process that hid packages."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ == "OptionalImportError" or "OptionalImportError" in str(exc):
+            return bool(hidden())
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def rerun_full() -> int:
+    """Run this same command line again in a process that imports MONAI fully; its exit code."""
+    print(f"medai: a MONAI feature needs a package skipped for a fast start ({', '.join(sorted(set(hidden())))}); "
+          f"running again with {FULL_IMPORTS_ENV}=1", file=sys.stderr)
+    return subprocess.call([sys.executable, "-m", "medai.cli", *sys.argv[1:]], env={**os.environ, FULL_IMPORTS_ENV: "1"})
