@@ -1,22 +1,29 @@
-"""A lean MONAI import for the ``medai`` command line (one process per command).
+"""A fast start for the ``medai`` command line (one process per command): lean MONAI import, less garbage collection.
 
 ``import monai`` imports every MONAI sub-module, and their module-level ``optional_import`` calls
 import each optional package that happens to be installed: pytorch-ignite (which brings
-``torch.distributed`` and sympy), scipy.signal (with scipy.stats), pandas, matplotlib and
-scikit-learn. None of them is used to run a model; together they took about 2.5 s of CPU time of a
+``torch.distributed`` and sympy), scipy.signal (with scipy.stats), pandas, matplotlib,
+scikit-learn, and pydicom through nibabel. None of them is used to run a model; together they took about 2.5 s of CPU time of a
 cold ``medai segment`` (docs/performance.md, Cold start). While MONAI's package is being imported,
 and only in the thread importing it, they are hidden, so MONAI takes them as absent, exactly as
 when they are not installed; any other import of them (before, after, elsewhere) works as usual.
 
 What MONAI builds on them (ignite engines and handlers, CSV datasets, visualisation, sklearn
-metrics, ``UltrasoundConfidenceMapTransform``) then raises ``OptionalImportError`` in that process;
+metrics, ``UltrasoundConfidenceMapTransform``, MONAI's ``PydicomReader``) then raises ``OptionalImportError`` in that process;
 :func:`medai.cli.main` then runs the command once more with MONAI imported fully
 (:func:`missed_optional`, :func:`rerun_full`). ``MEDAI_FULL_IMPORTS=1`` turns this off. Only the
 command line does this, never ``medai`` used as a library (Slicer, tests calling ``main([...])``).
+
+Garbage collection: the imports allocate a few million long-lived objects (torch, MONAI), over which
+Python's full collections ran several times (about 0.5 s) and once more at exit (1-2 s). In the
+command-line process, collection pauses while a command imports and loads its model (:func:`loading`),
+what exists then is frozen out of later collections, and everything is frozen before exit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib.abc
 import os
 import subprocess
@@ -49,17 +56,42 @@ def _monai_initialising() -> bool:
 
 
 _finder: LeanMonaiFinder | None = None
+_state = {"cli": False}
 
 
 def install() -> bool:
-    """From the command-line entry point, before anything imports MONAI; returns whether the lean import is on."""
+    """From the command-line entry point (a process of its own), before the command imports anything; returns
+    whether MONAI will be imported lean."""
     global _finder
+    _state["cli"] = True
     if os.environ.get(FULL_IMPORTS_ENV, "").strip() or "monai" in sys.modules:
         return False
     if _finder is None:
         _finder = LeanMonaiFinder()
         sys.meta_path.insert(0, _finder)
     return True
+
+
+@contextlib.contextmanager
+def loading():
+    """Around a command's imports and model loading: in the command-line process, no garbage collection meanwhile,
+    then what was loaded is frozen out of later collections (it lives until the process ends)."""
+    if not _state["cli"] or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+def before_exit() -> None:
+    """The process ends next: spare it Python's final collection over every object (atexit handlers, stream
+    flushing and module teardown still run)."""
+    if _state["cli"]:
+        gc.freeze()
 
 
 def hidden() -> list[str]:
