@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 
-HIDDEN = ("ignite", "pandas", "matplotlib", "sklearn", "scipy.signal", "pydicom", "requests")
+HIDDEN = ("ignite", "pandas", "matplotlib", "sklearn", "scipy.signal", "pydicom", "requests", "jsonschema")
 FULL_IMPORTS_ENV = "MEDAI_FULL_IMPORTS"
 
 
