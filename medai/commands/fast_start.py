@@ -26,7 +26,6 @@ import contextlib
 import gc
 import importlib.abc
 import os
-import subprocess
 import sys
 import threading
 
@@ -112,6 +111,8 @@ def missed_optional(exc: BaseException | None) -> bool:
 
 def rerun_full() -> int:
     """Run this same command line again in a process that imports MONAI fully; its exit code."""
+    import subprocess
+
     print(f"medai: a MONAI feature needs a package skipped for a fast start ({', '.join(sorted(set(hidden())))}); "
           f"running again with {FULL_IMPORTS_ENV}=1", file=sys.stderr)
     return subprocess.call([sys.executable, "-m", "medai.cli", *sys.argv[1:]], env={**os.environ, FULL_IMPORTS_ENV: "1"})
