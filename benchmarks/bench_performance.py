@@ -188,8 +188,8 @@ def bench_processes(bundles: list[str], sizes: list[tuple[int, int, int]], devic
                 row = {"bundle": name, "size": "x".join(map(str, size)), "repeats": repeats}
                 runs: dict[str, list[dict]] = {"medai": [], "monai_bundle_run": []}
                 for _ in range(repeats):  # alternating: both sides meet the same load of a shared machine
+                    ours_path.unlink(missing_ok=True)  # medai never overwrites an output
                     for key, cmd in (("medai", medai_cmd), ("monai_bundle_run", monai_cmd)):
-                        ours_path.unlink(missing_ok=True)  # medai never overwrites an output
                         try:
                             runs[key].append(_timed_process(cmd, timeout))
                         except subprocess.TimeoutExpired:
