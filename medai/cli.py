@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print("medai: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one clear line; --verbose shows the traceback
-        if fast_start.missed_optional(exc):  # a MONAI feature needed a package hidden for a fast start
+        if fast_start.needs_full_imports(exc):  # a MONAI feature needed a package hidden for a fast start
             return fast_start.rerun_full()
         if args.verbose:
             logging.exception("failed")

@@ -3,21 +3,24 @@
 ``import monai`` imports every MONAI sub-module, and their module-level ``optional_import`` calls
 import each optional package that happens to be installed: pytorch-ignite (which brings
 ``torch.distributed`` and sympy), scipy.signal (with scipy.stats), pandas, matplotlib,
-scikit-learn, and pydicom through nibabel. None of them is used to run a model; together they took about 2.5 s of CPU time of a
-cold ``medai segment`` (docs/performance.md, Cold start). While MONAI's package is being imported,
-and only in the thread importing it, they are hidden, so MONAI takes them as absent, exactly as
-when they are not installed; any other import of them (before, after, elsewhere) works as usual.
+scikit-learn, requests, jsonschema, and pydicom through nibabel. None of them is used to run a
+model; together they took about 2.5 s of CPU time of a cold ``medai segment`` (docs/performance.md,
+Cold start). While MONAI's package is being imported, and only in the thread importing it, they are
+hidden (:class:`LeanMonaiFinder`), so MONAI takes them as absent, exactly as when they are not
+installed; any other import of them (before, after, in another thread) works as usual.
 
-What MONAI builds on them (ignite engines and handlers, CSV datasets, visualisation, sklearn
-metrics, ``UltrasoundConfidenceMapTransform``, MONAI's ``PydicomReader``) then raises ``OptionalImportError`` in that process;
-:func:`medai.cli.main` then runs the command once more with MONAI imported fully
-(:func:`missed_optional`, :func:`rerun_full`). ``MEDAI_FULL_IMPORTS=1`` turns this off. Only the
-command line does this, never ``medai`` used as a library (Slicer, tests calling ``main([...])``).
+What MONAI builds on them (ignite engines and handlers, CSV datasets, plots, sklearn metrics,
+``UltrasoundConfidenceMapTransform``, signal filters, ``PydicomReader``, its own downloads and
+metadata validation) then fails in that process; :func:`medai.cli.main` runs the command once more
+with MONAI imported fully (:func:`needs_full_imports`, :func:`rerun_full`). ``MEDAI_FULL_IMPORTS=1``
+turns the lean import off. Only the command line does this, never ``medai`` used as a library
+(Slicer, tests calling ``main([...])``).
 
-Garbage collection: the imports allocate a few million long-lived objects (torch, MONAI), over which
-Python's full collections ran several times (about 0.5 s) and once more at exit (1-2 s). In the
-command-line process, collection pauses while a command imports and loads its model (:func:`loading`),
-what exists then is frozen out of later collections, and everything is frozen before exit.
+Garbage collection: the imports allocate a few million long-lived objects (torch, MONAI), over
+which Python's full collections ran several times (about 0.5 s) and once more at exit (1-2 s). In
+the command-line process, collection pauses while a command imports and loads its model
+(:func:`loading`), what exists then is frozen out of later collections, and everything is frozen
+before exit (:func:`before_exit`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import threading
 
 HIDDEN = ("ignite", "pandas", "matplotlib", "sklearn", "scipy.signal", "pydicom", "requests", "jsonschema")
 FULL_IMPORTS_ENV = "MEDAI_FULL_IMPORTS"
+SKIPPED = "is skipped while MONAI is imported (medai's fast start)"  # MONAI keeps this text in its OptionalImportError
 
 
 class LeanMonaiFinder(importlib.abc.MetaPathFinder):
@@ -45,7 +49,7 @@ class LeanMonaiFinder(importlib.abc.MetaPathFinder):
             self.thread = threading.get_ident()
         elif self.thread == threading.get_ident() and _monai_initialising() and any(name == h or name.startswith(h + ".") for h in HIDDEN):
             self.hid.append(name)
-            raise ModuleNotFoundError(f"{name} is skipped while MONAI is imported (medai's fast start)", name=name)
+            raise ModuleNotFoundError(f"{name} {SKIPPED}", name=name)
         return None  # the usual finders look it up
 
 
@@ -98,12 +102,12 @@ def hidden() -> list[str]:
     return list(_finder.hid) if _finder is not None else []
 
 
-def missed_optional(exc: BaseException | None) -> bool:
-    """Whether ``exc`` (or an exception it came from) is MONAI's ``OptionalImportError`` in a process that hid packages."""
+def needs_full_imports(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it came from, stems from a package hidden from MONAI in this process."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if type(exc).__name__ == "OptionalImportError" or "OptionalImportError" in str(exc):
+        if SKIPPED in str(exc):
             return bool(hidden())
         exc = exc.__cause__ or exc.__context__
     return False
