@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; ``argv=None`` (the ``medai`` command line, a process of its own) may import MONAI lean."""
+    from .commands import fast_start
+
+    if argv is None:
+        fast_start.install()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -33,10 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         print("medai: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one clear line; --verbose shows the traceback
+        if fast_start.needs_full_imports(exc):  # a MONAI feature needed a package hidden for a fast start
+            return fast_start.rerun_full()
         if args.verbose:
             logging.exception("failed")
         print(f"medai {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if argv is None:
+            fast_start.before_exit()
 
 
 if __name__ == "__main__":

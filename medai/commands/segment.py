@@ -23,25 +23,32 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
+def _load(args):
+    """The model (torch and MONAI imported here, in the loading thread)."""
+    from ..models import catalog
+    from ..models.loader import load_model
+
+    return load_model(args.model or catalog.default_model_name(), args.device, None, args.trust)
+
+
 def run(args) -> int:
     # imported here so that `medai --help` and `medai models` never load torch
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..dicom.seg import require_source
-    from ..engine.segment import segment
-    from ..io import check_format_holds_grid, read_image, suffix_of
-    from ..models import catalog
-    from ..models.loader import load_model
-    from ..results import write_segmentation
+    from . import fast_start
+    from ..io import suffix_of
 
     out = Path(args.output)
     if suffix_of(out) not in OUTPUT_SUFFIXES:
         raise ValueError(f"output {out}: use one of {', '.join(OUTPUT_SUFFIXES)}")
     check_outputs([out, args.sr], args.images)
     start = time.perf_counter()
-    with ThreadPoolExecutor(1) as pool:  # the model loads while the images are read and checked
-        loading = pool.submit(load_model, args.model or catalog.default_model_name(), args.device, None, args.trust)
+    with fast_start.loading(), ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(_load, args)  # torch, MONAI and the model load while the images are read and checked
         try:
+            from ..dicom.seg import require_source
+            from ..io import check_format_holds_grid, read_image
+
             volumes = [read_image(p, args.series) for p in args.images]
             if out.suffix.lower() == ".dcm" or args.sr:
                 require_source(volumes[0], "DICOM SEG/SR")  # before the model runs
@@ -50,6 +57,8 @@ def run(args) -> int:
             loading.cancel()  # a load already under way finishes; its result is dropped
             raise
         model = loading.result()
+        from ..engine.segment import segment
+        from ..results import write_segmentation
     load_s = time.perf_counter() - start
     with ProgressBar(f"segment {Path(args.images[0]).name}") as bar:
         result = segment(model, volumes, bar)
