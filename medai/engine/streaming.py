@@ -117,10 +117,10 @@ def stream_sliding_window(inputs: torch.Tensor, roi_size: Sequence[int] | int, s
         first = min(s[0].start for s in batch)
         if buf is not None and first > lo:  # planes before ``first``: no later window touches them
             emit(buf, lo, lo, first)
-            keep = buf[:, :, first - lo:].clone()
-            buf.zero_()
-            buf[:, :, :keep.shape[2]] = keep
-            del keep
+            shift, kept = first - lo, buf.shape[2] - (first - lo)
+            for i in range(kept):  # ascending: a plane is read before anything is written over it
+                buf[:, :, i].copy_(buf[:, :, i + shift])
+            buf[:, :, kept:].zero_()
             lo = first
         if len(batch) > 1:
             win = torch.cat([inputs[(slice(0, 1), slice(None), *s)] for s in batch]).to(sw_device)
