@@ -283,6 +283,7 @@ def segment_with_bundle(model: LoadedModel, volumes: list[Volume], progress: Pro
             "spatial_shape": np.asarray(ref.shape_ijk), "original_channel_dim": 0, "space": "RAS",
         })
         data = parts.preprocessing({parts.image_key: image}) if parts.preprocessing else {parts.image_key: image}
+        del x, image  # the input grid's copy is not needed once the bundle has its own
     net = model.networks[0]
     with progress.stage("inference", 0.7):
         img = data[parts.image_key]

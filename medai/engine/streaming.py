@@ -18,7 +18,7 @@ import torch.nn.functional as F
 Reducer = Callable[[torch.Tensor, int], torch.Tensor]
 
 # Planes are handed to the reducer in chunks of at most about this many elements.
-CHUNK_ELEMENTS = 2**25
+CHUNK_ELEMENTS = 2**23
 
 
 def _windows(image_size: Sequence[int], roi: Sequence[int], overlap: Sequence[float]) -> list[tuple[slice, ...]]:
