@@ -93,3 +93,36 @@ def test_plain_slab_softmax_is_not_exact_which_is_why_the_fix_exists():
         pytest.skip("no vector kernels on this CPU: vector and scalar exp are the same")
     assert not torch.equal(naive, want)
     assert scalar_voxels(100, 2, 16) == [(48, 50), (98, 100)] and scalar_voxels(96, 3, 16) == []
+
+
+def test_outputs_it_cannot_stitch_are_refused_before_any_stitching():
+    from medai.engine.streaming import NotStreamable
+
+    x = torch.randn(1, 1, 12, 12, 12)
+    with pytest.raises(NotStreamable, match="one tensor"):
+        stream_sliding_window(x, (8, 8, 8), 1, lambda w: (w, w))
+    with pytest.raises(NotStreamable, match="differs from the input window"):
+        stream_sliding_window(x, (8, 8, 8), 1, lambda w: w[:, :, ::2, ::2, ::2])
+
+
+def test_only_plain_sliding_windows_with_per_voxel_leading_steps_are_streamed():
+    from monai.inferers import SimpleInferer, SlidingWindowInferer, SlidingWindowInfererAdapt
+    from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd, Spacingd
+
+    from medai.engine.bundle_stream import plan_streaming
+
+    sw = SlidingWindowInferer((8, 8, 8))
+    pre = Compose([Spacingd("image", (1.0, 1.0, 1.0))])
+    invert = Invertd("pred", pre, orig_keys="image")
+    plan = plan_streaming(sw, Compose([Activationsd("pred", softmax=True), AsDiscreted("pred", argmax=True), invert]))
+    assert plan is not None and len(plan.steps) == 2 and list(plan.rest.transforms) == [invert]
+    assert plan_streaming(sw, Compose([AsDiscreted("pred", threshold=0.5)])).rest is None
+    for inferer, post in [
+        (sw, Compose([Activationsd("pred", sigmoid=True), AsDiscreted("pred", threshold=0.5)])),  # sigmoid: not modelled
+        (sw, Compose([invert, AsDiscreted("pred", argmax=True)])),  # nothing per voxel first
+        (sw, Compose([Activationsd(["pred", "label"], softmax=True)])),  # other keys
+        (SlidingWindowInfererAdapt((8, 8, 8)), Compose([Activationsd("pred", softmax=True)])),
+        (SimpleInferer(), Compose([Activationsd("pred", softmax=True)])),
+        (SlidingWindowInferer((8, 8, 8), buffer_steps=2), Compose([Activationsd("pred", softmax=True)])),
+    ]:
+        assert plan_streaming(inferer, post) is None

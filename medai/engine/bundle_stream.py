@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .slab_softmax import slab_softmax_exact, softmax_slab
-from .streaming import stream_sliding_window
+from .streaming import NotStreamable, stream_sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ def run_inferer(inferer, post, image: torch.Tensor, predictor, key: str = "pred"
                 inferer.sigma_scale, inferer.padding_mode, inferer.cval, inferer.sw_device, device,
                 inferer.roi_weight_map, reducer=_reducer(plan.steps, tuple(image.shape[2:]), key))
             return out[0], plan.rest
-        except _NotExactHere:
-            log.warning("running the bundle's sliding window on the whole volume instead")
+        except (_NotExactHere, NotStreamable) as e:
+            log.warning("running the bundle's sliding window on the whole volume instead%s", f" ({e})" if str(e) else "")
             if hasattr(predictor, "done"):
                 predictor.done = 0
     return torch.as_tensor(inferer(image, predictor))[0].float().cpu(), post

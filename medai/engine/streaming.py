@@ -17,6 +17,11 @@ import torch.nn.functional as F
 # (finished planes (C, k, ...), index of the first plane along the first spatial axis) -> (C', k, ...)
 Reducer = Callable[[torch.Tensor, int], torch.Tensor]
 
+
+class NotStreamable(ValueError):
+    """The network's output cannot be stitched here (not one tensor, or not the window's size)."""
+
+
 # Planes are handed to the reducer in chunks of at most about this many elements.
 CHUNK_ELEMENTS = 2**23
 
@@ -128,9 +133,9 @@ def stream_sliding_window(inputs: torch.Tensor, roi_size: Sequence[int] | int, s
             win = inputs[(slice(0, 1), slice(None), *batch[0])].to(sw_device)
         out = predictor(win)
         if not isinstance(out, torch.Tensor):
-            raise TypeError(f"streamed sliding window needs a network returning one tensor, got {type(out).__name__}")
+            raise NotStreamable(f"streamed sliding window needs a network returning one tensor, got {type(out).__name__}")
         if tuple(out.shape[2:]) != tuple(roi):
-            raise ValueError(f"network output window {tuple(out.shape[2:])} differs from the input window {tuple(roi)}")
+            raise NotStreamable(f"network output window {tuple(out.shape[2:])} differs from the input window {tuple(roi)}")
         out = torch.as_tensor(out)
         out *= weights
         out = out.to(device)
