@@ -24,6 +24,7 @@ from ..models.loader import LoadedModel
 from ..resample import grid_with_spacing, resample_channels
 from ..results import Label, SegmentationResult
 from .bundle_inputs import bundle_input_data
+from .bundle_stream import is_plain_softmax, run_inferer
 from .common import activation as _activation
 from .common import inference, set_cpu_threads, softmax_, stack_inputs
 from .intensity import apply_intensity
@@ -250,15 +251,6 @@ def _to_reference_grid(pred: torch.Tensor, ref: Volume) -> np.ndarray:
     return arr.numpy().transpose(0, 3, 2, 1)
 
 
-def _plain_softmax(step, key: str) -> bool:
-    """Whether ``step`` is ``Activationsd(keys=key, softmax=True)`` and nothing else."""
-    from monai.transforms import Activationsd
-
-    return (type(step) is Activationsd and list(step.keys) == [key] and tuple(step.softmax) == (True,)
-            and tuple(step.sigmoid) == (False,) and tuple(step.other) == (None,)
-            and not step.converter.sigmoid and step.converter.other is None)
-
-
 def _plain_argmax(step) -> bool:
     """Whether ``step`` is an ``AsDiscreted`` that only takes the argmax (no one-hot, threshold or rounding)."""
     from monai.transforms import AsDiscrete, AsDiscreted
@@ -301,8 +293,8 @@ def run_postprocessing(post, data: dict, key: str = "pred") -> dict:
     if type(post) is not Compose or not steps:
         return post(data)
     pred = data.get(key)
-    if _plain_softmax(steps[0], key) and isinstance(pred, torch.Tensor) and pred.dtype == torch.float32:
-        softmax_(pred.as_tensor() if hasattr(pred, "as_tensor") else pred, int(steps[0].converter.kwargs.get("dim", 0)))
+    if is_plain_softmax(steps[0], key) and isinstance(pred, torch.Tensor) and pred.dtype == torch.float32:
+        softmax_(pred.as_tensor() if hasattr(pred, "as_tensor") else pred, 0)
         steps = steps[1:]
     steps = [_ArgmaxByMax(step) if _plain_argmax(step) else step for step in steps]
     if len(steps) == len(post.transforms) and all(a is b for a, b in zip(steps, post.transforms)):
@@ -328,15 +320,14 @@ def segment_with_bundle(model: LoadedModel, volumes: list[Volume], progress: Pro
         roi = getattr(parts.inferer, "roi_size", None)
         total = _count_windows(tuple(img.shape[1:]), list(roi), getattr(parts.inferer, "overlap", 0.25), getattr(parts.inferer, "sw_batch_size", 1)) if roi else 1
         predictor = _Predictor(net, progress, total)
-        with inference(model.device):
-            pred = parts.inferer(img[None].to(model.device), predictor)
-        pred = torch.as_tensor(pred)[0].float().cpu()
+        with inference(model.device):  # leading per-voxel postprocessing steps may run here, slab by slab
+            pred, post = run_inferer(parts.inferer, parts.postprocessing, img[None].to(model.device), predictor)
         data["pred"] = MetaTensor(pred, affine=img.affine, meta=dict(img.meta))
         del pred, img  # the bundle's postprocessing may then free the network-grid output as it goes
     with progress.stage("postprocess", 0.15):
-        if parts.postprocessing is not None:
+        if post is not None:
             with torch.inference_mode():
-                data = run_postprocessing(parts.postprocessing, data)
+                data = run_postprocessing(post, data)
         out = _to_reference_grid(data.pop("pred"), ref)
         labels = list(model.card.labels)
         if out.shape[0] == 1:

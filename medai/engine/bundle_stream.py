@@ -1,0 +1,127 @@
+"""A bundle's per-voxel postprocessing steps run on finished slabs of its sliding window.
+
+When the inferer is a plain ``SlidingWindowInferer`` and the postprocessing starts with per-voxel
+steps on ``pred`` (``Activationsd(softmax=True)``, ``AsDiscreted`` argmax/threshold/rounding over the
+channel axis), those steps run on each finished slab of the stitched output (:mod:`.streaming`), so
+the network-grid probabilities of all classes are never held for the whole image; the rest of the
+chain (``Invertd``, ...) runs as the bundle defines it on the reduced tensor. The values are those of
+the bundle's own chain: same stitching arithmetic, the whole-volume softmax bits
+(:mod:`.slab_softmax`), and argmax/threshold are per voxel.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .slab_softmax import slab_softmax_exact, softmax_slab
+from .streaming import NotStreamable, stream_sliding_window
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamPlan:
+    steps: list  # the leading per-voxel steps, run slab by slab
+    rest: object | None  # the remaining Compose, run on the reduced tensor (None: nothing left)
+
+
+class _NotExactHere(RuntimeError):
+    """The slab-wise softmax model does not hold on this machine: use the whole-volume path."""
+
+
+def is_plain_softmax(step, key: str = "pred") -> bool:
+    """Whether ``step`` is ``Activationsd(keys=key, softmax=True)`` over the channel axis and nothing else."""
+    from monai.transforms import Activationsd
+
+    return (type(step) is Activationsd and list(step.keys) == [key] and tuple(step.softmax) == (True,)
+            and tuple(step.sigmoid) == (False,) and tuple(step.other) == (None,)
+            and not step.converter.sigmoid and step.converter.other is None
+            and step.converter.kwargs.get("dim", 0) == 0)
+
+
+def _per_voxel_discrete(step, key: str) -> bool:
+    """``AsDiscreted`` on ``key`` alone whose argmax/one-hot act on the channel axis (keeping it)."""
+    from monai.transforms import AsDiscreted
+
+    kw = step.converter.kwargs if type(step) is AsDiscreted else {}
+    return (type(step) is AsDiscreted and list(step.keys) == [key] and kw.get("dim", 0) == 0
+            and kw.get("keepdim", True) is True)
+
+
+def rest_of(post, n: int):
+    """``post`` without its first ``n`` steps (same Compose options); None when nothing is left."""
+    from monai.transforms import Compose
+
+    steps = list(post.transforms)[n:]
+    if not steps:
+        return None
+    return Compose(steps, map_items=post.map_items, unpack_items=post.unpack_items, log_stats=post.log_stats)
+
+
+def plan_streaming(inferer, post, key: str = "pred") -> StreamPlan | None:
+    """The slab-wise plan for this inferer and postprocessing, or None when the whole-volume path applies."""
+    from monai.inferers import SlidingWindowInferer
+    from monai.transforms import Compose
+
+    if type(inferer) is not SlidingWindowInferer or type(post) is not Compose:
+        return None
+    if getattr(inferer, "with_coord", False) or getattr(inferer, "buffer_steps", None):
+        return None
+    steps = []
+    for step in post.transforms:
+        if not (is_plain_softmax(step, key) or _per_voxel_discrete(step, key)):
+            break
+        steps.append(step)
+    if not steps:
+        return None
+    return StreamPlan(steps, rest_of(post, len(steps)))
+
+
+def _reducer(steps: list, spatial: tuple[int, ...], key: str):
+    total, plane = math.prod(spatial), math.prod(spatial[1:])
+    checked: list[bool] = []
+
+    def reduce(chunk: torch.Tensor, start: int) -> torch.Tensor:
+        x = chunk.float().cpu()  # where the whole-volume path runs the postprocessing
+        for step in steps:
+            if is_plain_softmax(step, key):
+                if not checked:
+                    checked.append(slab_softmax_exact(x.shape[0]))
+                if not checked[0]:
+                    raise _NotExactHere()
+                x = softmax_slab(x, start * plane, total)
+            else:
+                x = step({key: x})[key]
+                x = x.as_tensor() if hasattr(x, "as_tensor") else x
+        return x
+
+    return reduce
+
+
+def run_inferer(inferer, post, image: torch.Tensor, predictor, key: str = "pred") -> tuple[torch.Tensor, object | None]:
+    """``inferer(image, predictor)[0]`` as float32 on the CPU, and the postprocessing still to run on it.
+
+    ``image`` is ``(1, C, *spatial)``. Where :func:`plan_streaming` finds leading per-voxel steps, they are
+    applied slab by slab and the rest of ``post`` is returned; otherwise (or where the slab-wise softmax
+    is not exact on this machine) this is the bundle's own inferer on the whole volume and ``post`` itself.
+    """
+    plan = plan_streaming(inferer, post, key) if post is not None else None
+    if plan is not None:
+        device = inferer.device
+        if device is None and inferer.cpu_thresh is not None and image.shape[2:].numel() > inferer.cpu_thresh:
+            device = "cpu"
+        try:
+            out = stream_sliding_window(
+                image, inferer.roi_size, inferer.sw_batch_size, predictor, inferer.overlap, inferer.mode,
+                inferer.sigma_scale, inferer.padding_mode, inferer.cval, inferer.sw_device, device,
+                inferer.roi_weight_map, reducer=_reducer(plan.steps, tuple(image.shape[2:]), key))
+            return out[0], plan.rest
+        except (_NotExactHere, NotStreamable) as e:
+            log.warning("running the bundle's sliding window on the whole volume instead%s", f" ({e})" if str(e) else "")
+            if hasattr(predictor, "done"):
+                predictor.done = 0
+    return torch.as_tensor(inferer(image, predictor))[0].float().cpu(), post
