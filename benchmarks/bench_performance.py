@@ -188,7 +188,7 @@ def bench_processes(bundles: list[str], sizes: list[tuple[int, int, int]], devic
                     _write_ct(image, size, (0.8, 0.8, 2.5))
                 ours_path = tmp / f"{name}_medai.nii.gz"
                 medai_cmd = [sys.executable, "-m", "medai.cli", "segment", str(image), "-m", str(folder), "-o", str(ours_path), "--device", env_device, "--trust"]
-                out_dir = tmp / f"{name}_monai"
+                out_dir = tmp / f"{name}_monai_{image.name.split('.')[0]}"  # one folder per size: the comparison must read this image's output
                 monai_cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(folder / "configs" / "inference.json"),
                              "--meta_file", str(folder / "configs" / "metadata.json"), "--bundle_root", str(folder),
                              "--datalist", f"['{image}']", "--output_dir", str(out_dir), "--dataloader#num_workers", "0",
