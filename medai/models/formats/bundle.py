@@ -232,7 +232,9 @@ def _load_bundle(folder: Path, device: torch.device) -> LoadedModel:
     fmt = meta.get("network_data_format", {})
     image_in = fmt.get("inputs", {}).get("image", {})
     channels = int(image_in.get("num_channels", 1))
-    if len(keys) > 1:  # one input per loaded key, each its own volume with its own grid
+    # segmentation: one input per loaded key, each its own volume with its own grid (renalStructures_CECT); the
+    # classification engine feeds its bundles' second key itself (pathology_nuclei: the nucleus mask as ``label``)
+    if len(keys) > 1 and _bundle_task(meta) == "segmentation":
         inputs = [{"name": k, "modality": image_in.get("modality", ""), "bundle_key": k,
                    "meta_dict": f"{k}_meta_dict" if meta_dicts else None} for k in keys]
     else:
