@@ -11,7 +11,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Activationsd, AsDiscreted, Compose
 
-from medai.engine.segment import _ArgmaxByMax, _plain_argmax, run_postprocessing
+from medai.engine.bundle_stream import ArgmaxByMax, is_plain_argmax
+from medai.engine.segment import run_postprocessing
 
 
 def _pred(channels: int, seed: int = 0) -> MetaTensor:
@@ -28,10 +29,10 @@ def _pred(channels: int, seed: int = 0) -> MetaTensor:
 @pytest.mark.parametrize("kwargs", [{}, {"dim": 0, "keepdim": False}, {"dtype": torch.uint8}, {"dim": 1}])
 def test_argmax_by_max_equals_monai_asdiscreted(channels, kwargs):
     step = AsDiscreted(keys="pred", argmax=True, **kwargs)
-    assert _plain_argmax(step)
+    assert is_plain_argmax(step)
     data = {"pred": _pred(channels), "other": 1}
     theirs = step(copy.deepcopy(data))
-    ours = _ArgmaxByMax(step)(copy.deepcopy(data))
+    ours = ArgmaxByMax(step)(copy.deepcopy(data))
     assert type(ours["pred"]) is type(theirs["pred"]) and ours["pred"].dtype == theirs["pred"].dtype
     assert torch.equal(ours["pred"].as_tensor(), theirs["pred"].as_tensor())
     assert torch.equal(ours["pred"].affine, theirs["pred"].affine) and ours["other"] == 1
@@ -39,9 +40,9 @@ def test_argmax_by_max_equals_monai_asdiscreted(channels, kwargs):
 
 
 def test_only_a_plain_argmax_is_replaced():
-    assert not _plain_argmax(AsDiscreted(keys="pred", argmax=True, to_onehot=2))
-    assert not _plain_argmax(AsDiscreted(keys="pred", threshold=0.5))
-    assert not _plain_argmax(AsDiscreted(keys=["pred", "label"], argmax=[True, False]))
+    assert not is_plain_argmax(AsDiscreted(keys="pred", argmax=True, to_onehot=2))
+    assert not is_plain_argmax(AsDiscreted(keys="pred", threshold=0.5))
+    assert not is_plain_argmax(AsDiscreted(keys=["pred", "label"], argmax=[True, False]))
 
 
 def test_run_postprocessing_labels_equal_the_bundle_compose():

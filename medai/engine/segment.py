@@ -24,7 +24,7 @@ from ..models.loader import LoadedModel
 from ..resample import grid_with_spacing, resample_channels
 from ..results import Label, SegmentationResult
 from .bundle_inputs import bundle_input_data
-from .bundle_stream import is_plain_softmax, run_inferer
+from .bundle_stream import compose_like, faster_step, is_plain_softmax, run_inferer
 from .common import activation as _activation
 from .common import inference, set_cpu_threads, softmax_, stack_inputs
 from .intensity import apply_intensity
@@ -251,38 +251,9 @@ def _to_reference_grid(pred: torch.Tensor, ref: Volume) -> np.ndarray:
     return arr.numpy().transpose(0, 3, 2, 1)
 
 
-def _plain_argmax(step) -> bool:
-    """Whether ``step`` is an ``AsDiscreted`` that only takes the argmax (no one-hot, threshold or rounding)."""
-    from monai.transforms import AsDiscrete, AsDiscreted
-
-    return (type(step) is AsDiscreted and type(step.converter) is AsDiscrete and all(step.argmax)
-            and all(v is None for v in (*step.to_onehot, *step.threshold, *step.rounding)))
-
-
-class _ArgmaxByMax:
-    """A plain argmax ``AsDiscreted`` computed as ``torch.max(dim).indices``: the same labels (first maximum; NaN wins
-    as in ``torch.argmax``) and output (``dtype``, metadata); ``torch.argmax`` over the channel axis is up to 12x
-    slower on the CPU for two channels (pytorch/pytorch#140000)."""
-
-    def __init__(self, step) -> None:
-        self.step = step
-
-    def __call__(self, data: dict) -> dict:
-        from monai.data.meta_obj import get_track_meta
-        from monai.utils import convert_data_type, convert_to_dst_type, convert_to_tensor
-
-        d, kwargs = dict(data), self.step.converter.kwargs
-        for key in self.step.key_iterator(d):
-            img = convert_to_tensor(d[key], track_meta=get_track_meta())  # as AsDiscrete.__call__ does
-            img_t, *_ = convert_data_type(img, torch.Tensor)
-            labels = torch.max(img_t, dim=kwargs.get("dim", 0), keepdim=kwargs.get("keepdim", True)).indices
-            d[key], *_ = convert_to_dst_type(labels, img, dtype=kwargs.get("dtype", torch.float))
-        return d
-
-
 def run_postprocessing(post, data: dict, key: str = "pred") -> dict:
     """A bundle's postprocessing Compose on ``data``; a leading softmax ``Activationsd`` runs in place and a plain
-    argmax ``AsDiscreted`` through ``torch.max`` (:class:`_ArgmaxByMax`).
+    argmax ``AsDiscreted`` through ``torch.max`` (:func:`.bundle_stream.faster_step`).
 
     Same values as the bundle's own transforms (same torch kernel for the softmax, the same labels for the argmax),
     but the network-grid output of all classes is not held twice (softmax, then ``AsDiscreted``/``Invertd`` on its copy).
@@ -296,10 +267,10 @@ def run_postprocessing(post, data: dict, key: str = "pred") -> dict:
     if is_plain_softmax(steps[0], key) and isinstance(pred, torch.Tensor) and pred.dtype == torch.float32:
         softmax_(pred.as_tensor() if hasattr(pred, "as_tensor") else pred, 0)
         steps = steps[1:]
-    steps = [_ArgmaxByMax(step) if _plain_argmax(step) else step for step in steps]
+    steps = [faster_step(step) for step in steps]
     if len(steps) == len(post.transforms) and all(a is b for a, b in zip(steps, post.transforms)):
         return post(data)
-    return Compose(steps, map_items=post.map_items, unpack_items=post.unpack_items, log_stats=post.log_stats)(data)
+    return compose_like(post, steps)(data)
 
 
 def segment_with_bundle(model: LoadedModel, volumes: list[Volume], progress: Progress) -> SegmentationResult:
