@@ -15,27 +15,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
 def write_card(folder: Path) -> Path:
-    from monai.networks.nets import UNet
+    """The benchmarks' UNet card (bench_segment.write_card), z-scored, 64^3 windows."""
+    from bench_segment import write_card as write_unet_card
 
-    network = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3,
-               "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2}
-    torch.manual_seed(0)
-    net = UNet(**{k: v for k, v in network.items() if k != "_target_"})
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), folder / "model.pt")
-    card = {"name": "bench-unet", "task": "segmentation", "network": network, "weights": "model.pt",
-            "preprocessing": {"orientation": "RAS", "intensity": [{"op": "zscore"}]},
-            "inference": {"mode": "sliding_window", "roi_size": [64, 64, 64], "overlap": 0.25, "activation": "softmax"},
-            "labels": {"1": "a", "2": "b"}}
-    (folder / "medai.json").write_text(json.dumps(card))
-    return folder / "medai.json"
+    return write_unet_card(folder, {"orientation": "RAS", "intensity": [{"op": "zscore"}]},
+                           {"mode": "sliding_window", "roi_size": [64, 64, 64], "overlap": 0.25, "activation": "softmax"})
 
 
 def make_cohort(folder: Path, cases: int, size: int) -> list[Path]:
