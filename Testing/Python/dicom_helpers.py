@@ -85,6 +85,25 @@ def write_series(volume: Volume, folder: Path, *, series_uid: str | None = None,
     return uids
 
 
+def write_sitk_series(image, folder: Path, series_uid: str) -> Path:
+    """``image`` (a SimpleITK image) as one DICOM series of its slices, written by SimpleITK into a new ``folder``."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        sl = image[:, :, k]
+        sl.SetMetaData("0020|000e", series_uid)
+        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        sl.SetMetaData("0020|0013", str(k))
+        sl.SetMetaData("0008|0060", "CT")
+        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
+        writer.Execute(sl)
+    return folder
+
+
 def dciodvfy_errors(path: Path) -> list[str]:
     """The error lines dciodvfy reports for ``path`` (skips the test when dciodvfy is absent)."""
     exe = shutil.which("dciodvfy")

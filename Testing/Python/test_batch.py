@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from classify_helpers import SMALL_DENSENET_3D, write_card
 from conftest import REPO, write_unet_card
+from dicom_helpers import write_sitk_series
 from medai.batch import PARTIAL, RESULTS, Case, find_cases, run_batch
 from medai.engine.progress import CancelToken
 from medai.engine.segment import segment
@@ -200,18 +201,7 @@ def write_dicom_series(folder: Path, array: np.ndarray) -> None:
     """One DICOM series (int16 slices, 1 x 1 x 2 mm) in ``folder``."""
     image = sitk.GetImageFromArray(array.astype(np.int16))
     image.SetSpacing((1.0, 1.0, 2.0))
-    folder.mkdir(parents=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
-        sl = image[:, :, k]
-        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.15")
-        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
-        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
-        sl.SetMetaData("0020|0013", str(k))
-        sl.SetMetaData("0008|0060", "CT")
-        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
-        writer.Execute(sl)
+    write_sitk_series(image, folder, "1.2.826.0.1.3680043.2.1125.15")
 
 
 def test_dicom_series_folder_is_one_case(tmp_path):

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 import slicer
 
 from conftest import REPO, oblique_affine
+from dicom_helpers import write_sitk_series
 from medai.io import read_image, write_volume
 from medai.models import catalog
 from test_segment_engine import cube_volume, threshold_card
@@ -69,19 +70,7 @@ def test_dicom_series_folder_input(tmp_path, image_and_card):
     image = sitk.GetImageFromArray(vol.array)
     image.SetSpacing((0.8, 0.8, 2.0))
     image.SetOrigin((10.0, -5.0, 3.0))
-    series = tmp_path / "dicom"
-    series.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
-        sl = image[:, :, k]
-        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")  # one series UID
-        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
-        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
-        sl.SetMetaData("0020|0013", str(k))
-        sl.SetMetaData("0008|0060", "CT")
-        writer.SetFileName(str(series / f"{k:03d}.dcm"))
-        writer.Execute(sl)
+    series = write_sitk_series(image, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1")  # one series UID
     read = read_image(series)
     assert read.array.shape == vol.array.shape
     assert np.allclose(read.spacing, (0.8, 0.8, 2.0), atol=1e-3)
