@@ -92,3 +92,14 @@ def write_unet_card(folder: Path, in_channels: int = 1, labels: dict | None = No
     path = folder / "medai.json"
     path.write_text(json.dumps(card, indent=1))
     return path
+
+
+@pytest.fixture
+def fresh_medai_home(tmp_path, monkeypatch):
+    """A fresh ``MEDAI_HOME`` (remembered trust decisions, downloads) and an empty in-process model cache, before and after."""
+    from medai.models.loader import clear_cache
+
+    monkeypatch.setenv("MEDAI_HOME", str(tmp_path / "home"))
+    clear_cache()
+    yield tmp_path / "home"
+    clear_cache()

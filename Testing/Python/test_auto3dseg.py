@@ -28,7 +28,7 @@ from conftest import REPO, oblique_affine  # noqa: E402
 from medai.geometry import LPS_TO_RAS, Volume  # noqa: E402
 from medai.io import read_image, write_volume  # noqa: E402
 from medai.models.card import ModelLoadError  # noqa: E402
-from medai.models.loader import clear_cache, load_model  # noqa: E402
+from medai.models.loader import load_model  # noqa: E402
 
 LABEL_ROWS = [  # (value, name, category, type, modifier, region)
     (1, "Liver", ("SCT", "123037004", "Anatomical Structure"), ("SCT", "10200004", "Liver"), None, None),
@@ -93,12 +93,7 @@ def make_volume(path: Path, ijk_to_ras: np.ndarray, shape=(34, 30, 26), seed: in
     return path
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDAI_HOME", str(tmp_path / "home"))
-    clear_cache()
-    yield
-    clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_medai_home")  # remembered decisions and models: a fresh MEDAI_HOME, an empty cache
 
 
 def reference_and_medai(model_zip: Path, images: list[Path], tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:

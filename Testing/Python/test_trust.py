@@ -14,19 +14,13 @@ from medai.cli import main
 from medai.geometry import Volume
 from medai.io import write_volume
 from medai.models import trust
-from medai.models.loader import clear_cache, load_model
+from medai.models.loader import load_model
 from medai.models.trust import ModelTrustError
 from medai.slicer import scene as bridge
 from medai.slicer.segment_logic import SegmentLogic
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    """Remembered decisions go to a fresh MEDAI_HOME; the model cache starts empty."""
-    monkeypatch.setenv("MEDAI_HOME", str(tmp_path / "home"))
-    clear_cache()
-    yield
-    clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_medai_home")  # remembered decisions and models: a fresh MEDAI_HOME, an empty cache
 
 
 def _expression(marker: Path) -> str:
