@@ -19,7 +19,7 @@ from ...results import Label
 from .. import trust
 from ..card import ModelCard, ModelLoadError, bundle_class_names, bundle_output, parse_labels
 from . import ModelFormat, extract_model_zip, zip_names
-from .bundle_config import loaded_keys, numpy_array_globals, own_weight_loaders, unmask
+from .bundle_config import loaded_keys, numpy_array_globals, own_weight_loaders, rewrite_steps, target_name, unmask
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -52,10 +52,7 @@ def _strip(parser: Any, key: str, names: tuple[str, ...]) -> None:
     They are removed from the config before parsing, so that e.g. an ITK-based LoadImaged is never
     instantiated (the image arrives in memory). Invertd keeps referring to the parsed Compose.
     """
-    config = parser[key]
-    if isinstance(config, dict) and isinstance(config.get("transforms"), list):
-        kept = [t for t in config["transforms"] if not (isinstance(t, dict) and str(t.get("_target_", "")).split(".")[-1] in names)]
-        parser[key] = {**config, "transforms": kept}
+    rewrite_steps(parser, key, lambda step: [] if target_name(step) in names else [step])
 
 
 def bundle_labels(meta: dict) -> list[Label]:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 _NETWORK_REF = re.compile(r"@network\b")
@@ -53,16 +54,25 @@ MASKING_STEPS = {
 }
 
 
+def target_name(step: Any) -> str:
+    """The class name a config step instantiates (``"monai.transforms.LoadImaged"`` -> ``"LoadImaged"``); "" for others."""
+    return str(step.get("_target_", "")).split(".")[-1] if isinstance(step, dict) else ""
+
+
+def rewrite_steps(parser: Any, key: str, replace: Callable[[Any], list]) -> None:
+    """Rewrite a Compose config's ``transforms`` list (before parsing): each step becomes the steps ``replace(step)`` gives."""
+    config = parser[key]
+    if isinstance(config, dict) and isinstance(config.get("transforms"), list):
+        parser[key] = {**config, "transforms": [new for step in config["transforms"] for new in replace(step)]}
+
+
 def unmask(parser: Any, key: str) -> None:
     """Replace the :data:`MASKING_STEPS` of a postprocessing Compose config by the steps that make their mask."""
-    config = parser[key]
-    if not (isinstance(config, dict) and isinstance(config.get("transforms"), list)):
-        return
-    steps = []
-    for t in config["transforms"]:
-        make = MASKING_STEPS.get(str(t.get("_target_", "")).split(".")[-1]) if isinstance(t, dict) else None
-        steps += make(t.get("keys", "pred")) if make else [t]
-    parser[key] = {**config, "transforms": steps}
+    def replace(step: Any) -> list:
+        make = MASKING_STEPS.get(target_name(step))
+        return make(step.get("keys", "pred")) if make else [step]
+
+    rewrite_steps(parser, key, replace)
 
 
 def loaded_keys(parser: Any) -> tuple[list[str], bool]:
@@ -80,7 +90,7 @@ def loaded_keys(parser: Any) -> tuple[list[str], bool]:
         keys = [keys] if isinstance(keys, str) else list(keys or [])
         return [str(parser[k[1:]]) if isinstance(k, str) and k.startswith("@") and k[1:] in parser else str(k) for k in keys]
 
-    loads = [s for s in steps if isinstance(s, dict) and str(s.get("_target_", "")).split(".")[-1] in ("LoadImaged", "LoadImage")]
+    loads = [s for s in steps if target_name(s) in ("LoadImaged", "LoadImage")]
     if not loads:
         return [], False
     used = {k for s in steps if isinstance(s, dict) and s not in loads for k in keys_of(s)}
