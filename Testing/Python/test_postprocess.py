@@ -156,3 +156,35 @@ def test_hole_filling_keeps_c_order_and_the_reference_mask_on_a_non_cubic_box():
     assert got.flags.c_contiguous and got.shape == mask.shape
     assert np.array_equal(got, ndimage.binary_fill_holes(mask))
     assert got.sum() > mask.sum()  # there were holes to fill
+
+
+def test_several_labels_in_one_pass_keep_each_labels_tie_rule_and_order():
+    """The multi-label pass (``largest_of_each``) must pick, per value, what the one-label path picks: the
+    largest component, ties to the one met first in C order, and must leave other values' voxels alone."""
+    labelmap = np.zeros((9, 10, 11), np.uint8)
+    labelmap[6:8, 6:8, 0:2] = 1  # value 1: two components of 8 voxels; the later one in C order comes first below
+    labelmap[0:2, 7:9, 7:9] = 1
+    labelmap[0:1, 0:1, 0:1] = 1  # and a speck
+    labelmap[3:5, 0:2, 8:10] = 2  # value 2: a tie and a larger one, which must win
+    labelmap[5:7, 3:5, 4:6] = 2
+    labelmap[2:5, 3:6, 0:3] = 2
+    labelmap[8, 9, 10] = 7  # a value not asked for is left as it is
+    for values in ([1, 2], [2, 1], [1, 2, 7, 9]):
+        for holes in (False, True):
+            got = postprocess_labelmap(labelmap, values, True, holes)
+            assert np.array_equal(got, ref_postprocess_labelmap(labelmap, values, True, holes)), (values, holes)
+    got = postprocess_labelmap(labelmap, [1, 2], True, False)
+    assert got[0, 7, 7] == 1 and got[6, 6, 0] == 0 and got[0, 0, 0] == 0
+    assert (got == 2).sum() == 27 and got[8, 9, 10] == 7
+
+
+def test_few_components_path_keeps_the_first_of_tied_components():
+    """Up to ``FEW_COMPONENTS`` components are counted by comparison; a tie among later components must still go
+    to the one met first in C order."""
+    mask = np.zeros((7, 7, 7), bool)
+    mask[0, 0, 0] = True  # component 1: small
+    mask[2:4, 5:7, 5:7] = True  # tied, met first
+    mask[4:6, 0:2, 0:2] = True  # tied, met second
+    for m in (mask, mask[::-1].copy()):
+        assert np.array_equal(largest_component(m), ref_largest_component(m))
+    assert largest_component(mask)[2, 5, 5] and not largest_component(mask)[4, 0, 0]

@@ -8,6 +8,8 @@ processed inside its own bounding box, found for all labels in one pass. See doc
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from scipy import ndimage
 
@@ -36,17 +38,27 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     labels, count = cc3d.connected_components(mask, connectivity=26 if mask.ndim == 3 else 8, return_N=True)
     if count <= 1:
         return mask.copy()
-    fastremap = _require("fastremap", "fastremap")
-    present, counts = fastremap.unique(labels, return_counts=True)  # faster than np.bincount on cc3d's labels
-    sizes = np.zeros(count + 1, dtype=np.int64)
-    sizes[present] = counts
-    sizes[0] = 0
+    if count <= FEW_COMPONENTS:
+        # One comparison and one SIMD count per component beats a counting pass over the uint32 labels.
+        parts = [labels == c for c in range(1, count)]
+        counts = [int(np.count_nonzero(p)) for p in parts]
+        sizes = np.array([0, *counts, int(np.count_nonzero(mask)) - sum(counts)], dtype=np.int64)
+    else:
+        fastremap = _require("fastremap", "fastremap")
+        present, counts = fastremap.unique(labels, return_counts=True)  # faster than np.bincount on cc3d's labels
+        sizes = np.zeros(count + 1, dtype=np.int64)
+        sizes[present] = counts
+        sizes[0] = 0
+        parts = []
     best = np.flatnonzero(sizes == sizes.max())
     keep = int(best[0])
     if best.size > 1:  # equal sizes: the one whose first voxel comes first in C order
         flat = labels.ravel()
         keep = int(min(best, key=lambda c: int(np.argmax(flat == c))))
-    return labels == keep
+    return parts[keep - 1] if keep <= len(parts) else labels == keep
+
+
+FEW_COMPONENTS = 4  # measured on the MNI152 brain mask (2 components): 1.6 ms against 5 ms for fastremap.unique
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -65,6 +77,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def bounding_box(mask: np.ndarray, min_fraction: float = 0.0) -> tuple[slice, ...] | None:
     """Index box of a binary mask; along each axis, keep slices whose foreground fraction exceeds ``min_fraction``."""
+    if min_fraction <= 0 and mask.ndim >= 2:
+        return _nonzero_box(mask)
     box = []
     for axis in range(mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != axis)
@@ -74,6 +88,22 @@ def bounding_box(mask: np.ndarray, min_fraction: float = 0.0) -> tuple[slice, ..
             return None
         box.append(slice(int(idx.min()), int(idx.max()) + 1))
     return tuple(box)
+
+
+def _span(profile: np.ndarray) -> slice | None:
+    idx = np.flatnonzero(profile)
+    return slice(int(idx[0]), int(idx[-1]) + 1) if idx.size else None
+
+
+def _nonzero_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    # Reductions over the last axes of a C array are fast and strided ones are not: find the first axis's span
+    # from whole rows, then fold only those rows into one cross-section for the other axes (about 3x faster).
+    first = _span(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if first is None:
+        return None
+    section = mask[first].any(axis=0)
+    rest = [_span(section.any(axis=tuple(a for a in range(section.ndim) if a != axis))) for axis in range(section.ndim)]
+    return (first, *rest)
 
 
 def label_boxes(labelmap: np.ndarray, values: list[int]) -> dict[int, tuple[slice, ...]]:
@@ -93,6 +123,32 @@ def label_boxes(labelmap: np.ndarray, values: list[int]) -> dict[int, tuple[slic
 FIND_OBJECTS_ABOVE = 16  # measured on the MNI152 grid: 3 ms per comparison, 70 ms per find_objects pass
 
 
+def largest_of_each(labelmap: np.ndarray, boxes: dict[int, tuple[slice, ...]]) -> Callable[[int, tuple[slice, ...]], np.ndarray]:
+    """Largest component of several label values from one multi-label ``cc3d`` pass over their common box.
+
+    Returns ``kept(value, box)``: the value's largest component as a mask over ``box`` (one of ``boxes``),
+    equal to ``largest_component(labelmap[box] == value)``; ties go to the component met first in C order.
+    """
+    cc3d = _require("cc3d", "connected-components-3d")
+    fastremap = _require("fastremap", "fastremap")
+    union = tuple(slice(min(b[a].start for b in boxes.values()), max(b[a].stop for b in boxes.values()))
+                  for a in range(labelmap.ndim))
+    region = np.ascontiguousarray(labelmap[union])
+    components = cc3d.connected_components(region, connectivity=26 if region.ndim == 3 else 8)
+    ids, first, sizes = fastremap.unique(components, return_index=True, return_counts=True)
+    owner = region.ravel()[first]  # the value each component belongs to, read at its first voxel
+    keep = {}
+    for value in boxes:
+        mine = np.flatnonzero((owner == value) & (ids > 0))
+        best = mine[sizes[mine] == sizes[mine].max()]
+        keep[value] = ids[best[np.argmin(first[best])]]
+
+    def kept(value: int, box: tuple[slice, ...]) -> np.ndarray:
+        return components[tuple(slice(b.start - u.start, b.stop - u.start) for b, u in zip(box, union))] == keep[value]
+
+    return kept
+
+
 def postprocess_labelmap(labelmap: np.ndarray, values: list[int], largest: bool, holes: bool) -> np.ndarray:
     """Apply largest-component and hole filling to each label value of a labelmap.
 
@@ -102,14 +158,21 @@ def postprocess_labelmap(labelmap: np.ndarray, values: list[int], largest: bool,
     if not (largest or holes):
         return labelmap
     out = labelmap.copy()
-    for value, box in label_boxes(labelmap, values).items():
+    boxes = label_boxes(labelmap, values)
+    # Several values: one multi-label pass finds every value's components (measured: 19 ms against 28 ms for two
+    # labels of the MNI152 tissue map). The components come from the original labelmap either way.
+    several = largest and len(boxes) > 1 and np.issubdtype(labelmap.dtype, np.integer) and labelmap.ndim in (2, 3)
+    kept = largest_of_each(labelmap, boxes) if several else None
+    for value, box in boxes.items():
         before = labelmap[box] == value  # in ``out`` too: earlier values only change 0s and their own voxels
-        sub = before
-        if largest:
-            sub = largest_component(sub)
+        sub = kept(value, box) if kept else largest_component(before) if largest else before
         if holes:
             sub = fill_holes(sub)
+        # Few voxels change; write only those (whole-box masked writes took most of the step's write time).
+        changed = np.unravel_index(np.flatnonzero(before != sub), before.shape)  # 3D np.nonzero is far slower
         region = out[box]
-        np.copyto(region, 0, where=before > sub)  # dropped: was ``value``, no longer in the mask
-        np.copyto(region, value, where=sub & (region == 0), casting="unsafe")  # filled: only voxels that are 0
+        dropped = before[changed]  # was ``value``, no longer in the mask: becomes 0
+        region[tuple(i[dropped] for i in changed)] = 0
+        filled = tuple(i[~dropped] for i in changed)  # added to the mask: takes the value only where the voxel is 0
+        region[filled] = np.where(region[filled] == 0, value, region[filled])
     return out
