@@ -26,6 +26,7 @@ from ..requests import ClassifyRequest, request_from
 from ..resample import resample_volume_to
 from .common import activation as apply_activation
 from .common import autocast, stack_inputs
+from .cpu_memory import reuse_freed_memory
 from .intensity import apply_intensity
 from .postprocess import bounding_box
 from .progress import CancelToken, Progress, ProgressCallback
@@ -382,7 +383,7 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
     result = ClassificationResult(model.name, spec.task, spec.names, [], spec.thresholds, spec.unit,
                                   method if explain else None, str(model.device), warnings=list(model.notes) + doubts)
     weight = 1.0 / len(cases)
-    with model.lock:
+    with model.lock, reuse_freed_memory():  # networks are not re-entrant on one device
         for case_volumes, mask in zip(cases, masks):
             ref = case_volumes[0]
             with progress.stage(f"{ref.name}: preprocess", 0.1 * weight):

@@ -28,6 +28,7 @@ from .bundle_stream import compose_like, faster_step, is_plain_softmax, run_infe
 from .common import activation as _activation
 from .common import inference, set_cpu_threads, softmax_, stack_inputs
 from .intensity import apply_intensity
+from .cpu_memory import reuse_freed_memory
 from .postprocess import bounding_box, largest_component, postprocess_labelmap
 from .progress import CancelToken, Progress, ProgressCallback
 
@@ -323,7 +324,7 @@ def segment(model: LoadedModel, volumes: list[Volume], callback: ProgressCallbac
     dims = 3 if any(st.roi_size and len(st.roi_size) == 3 for st in model.card.stages) else None
     doubts = input_warnings(volumes, model.card.inputs, model.name, dims)  # refuses unusable inputs before any work
     progress = Progress(callback, cancel)
-    with model.lock:  # networks are not re-entrant on one device
+    with model.lock, reuse_freed_memory():  # networks are not re-entrant on one device
         if model.format is not None:
             result = model.format.segment(model, volumes, progress)
         else:  # a LoadedModel built by hand (tests, training) is a card model
