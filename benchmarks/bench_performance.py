@@ -94,11 +94,17 @@ def bench_deepbet(device: str, repeats: int) -> dict:
     t_deepbet, (_, mask, _) = best_time(lambda: bet.run(image), repeats)
     segment(model, [volume])  # warm-up
     t_medai, result = best_time(lambda: segment(model, [volume]), repeats)
+    os.environ["MEDAI_REUSE_FREED_MEMORY"] = "0"  # the same, with glibc's allocator left as it is (cpu_memory.py)
+    try:
+        t_plain, plain = best_time(lambda: segment(model, [volume]), repeats)
+    finally:
+        del os.environ["MEDAI_REUSE_FREED_MEMORY"]
     ours = result.layers[0] > 0  # [k, j, i] like the file's voxels
     theirs = np.asarray(mask.dataobj).astype(bool).transpose(2, 1, 0)
     dice = 2 * (ours & theirs).sum() / (ours.sum() + theirs.sum())
     return {"case": f"MNI152 T1 {'x'.join(map(str, volume.shape_ijk))}", "device": str(model.device), "threads": torch.get_num_threads(),
             "medai_s": t_medai, "deepbet_s": t_deepbet, "speedup": t_deepbet / t_medai,
+            "medai_without_memory_reuse_s": t_plain, "same_without_reuse": bool(np.array_equal(plain.layers[0], result.layers[0])),
             "medai_postprocess_s": result.timings.get("postprocess"), "identical": bool(np.array_equal(ours, theirs)),
             "differing_voxels": int((ours != theirs).sum()), "dice": float(dice)}
 
@@ -253,6 +259,8 @@ def main() -> int:
     else:
         print(f"  {d['case']} on {d['device']} ({d['threads']} threads): medai {d['medai_s']:.2f}s (post-processing {d['medai_postprocess_s']:.2f}s), "
               f"deepbet {d['deepbet_s']:.2f}s, {d['speedup']:.2f}x; identical masks: {d['identical']} ({d['differing_voxels']} voxels differ, Dice {d['dice']:.5f})")
+        print(f"  medai with glibc's allocator as it is (MEDAI_REUSE_FREED_MEMORY=0): {d['medai_without_memory_reuse_s']:.2f}s, "
+              f"{d['deepbet_s'] / d['medai_without_memory_reuse_s']:.2f}x; same mask: {d['same_without_reuse']}")
 
     print("Cold processes: medai segment vs python -m monai.bundle run (goal >= 1.5x), fresh weights, CT-like image 0.8x0.8x2.5 mm", flush=True)
     report["processes"] = bench_processes(bundles, sizes, args.device, args.timeout, args.process_repeats, args.medai_only) if "processes" in parts else []

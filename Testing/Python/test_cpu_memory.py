@@ -1,4 +1,4 @@
-"""Freed CPU memory is reused while a model runs (glibc), with bitwise equal results and the defaults restored after."""
+"""A network call reuses the CPU memory it frees (glibc), with bitwise equal results, and the defaults come back after."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medai.engine import cpu_memory
-from medai.engine.cpu_memory import reuse_freed_memory
+from medai.engine.cpu_memory import network_call
 
 pytestmark = pytest.mark.skipif(cpu_memory.glibc() is None, reason="reusing freed memory is implemented for glibc (Linux) only")
 
@@ -36,52 +36,65 @@ def faults_of_network_calls(rounds: int = ROUNDS) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
-def test_large_blocks_are_reused_inside_and_mapped_afresh_outside(monkeypatch):
+def test_a_network_call_reuses_what_it_frees_and_the_defaults_come_back(monkeypatch):
     monkeypatch.delenv("MEDAI_REUSE_FREED_MEMORY", raising=False)
     outside = faults_of_network_calls()
-    assert outside > FRESH  # glibc's default: every round maps (and faults in) fresh pages
-    with reuse_freed_memory():
+    assert outside > FRESH  # glibc's default: every call maps (and faults in) fresh pages
+    with network_call():
         faults_of_network_calls(2)  # the heap grows to what a call needs
         inside = faults_of_network_calls()
     assert inside * 8 < outside, (inside, outside)
-    assert faults_of_network_calls() > FRESH  # the defaults are back
+    assert faults_of_network_calls() > FRESH  # the defaults are back and the heap was trimmed
+
+
+def test_the_heap_is_trimmed_when_the_call_ends(monkeypatch):
+    monkeypatch.delenv("MEDAI_REUSE_FREED_MEMORY", raising=False)
+    with network_call():
+        faults_of_network_calls(1)
+        held = resident_mb()
+    assert resident_mb() < held - 40  # at least most of one freed 56 MiB activation went back to the system
+
+
+def resident_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
 
 def test_turned_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("MEDAI_REUSE_FREED_MEMORY", "0")
     assert not cpu_memory.enabled()
-    with reuse_freed_memory():
+    with network_call():
         assert faults_of_network_calls() > FRESH
 
 
-def test_nested_and_concurrent_uses_restore_once_the_last_one_leaves(monkeypatch):
+def test_nested_and_concurrent_calls_restore_once_the_last_one_ends(monkeypatch):
     monkeypatch.delenv("MEDAI_REUSE_FREED_MEMORY", raising=False)
     entered, release = threading.Event(), threading.Event()
 
-    def other_run():
-        with reuse_freed_memory():
+    def other_call():
+        with network_call():
             entered.set()
             release.wait(30)
 
-    thread = threading.Thread(target=other_run)
+    thread = threading.Thread(target=other_call)
     thread.start()
     try:
         assert entered.wait(30)
-        with reuse_freed_memory():
-            with reuse_freed_memory():
+        with network_call():
+            with network_call():
                 pass
         faults_of_network_calls(2)
-        assert faults_of_network_calls() * 8 < FRESH  # the other run is still going: still reusing
+        assert faults_of_network_calls() * 8 < FRESH  # the other call is still going: still reusing
     finally:
         release.set()
         thread.join(30)
-    assert cpu_memory._depth == 0
+    assert cpu_memory._calls == 0
     assert faults_of_network_calls() > FRESH
 
 
 def test_network_outputs_are_bitwise_equal_with_and_without():
     with torch.inference_mode():
         plain = NET(X)
-        with reuse_freed_memory():
+        with network_call():
             reused = [NET(X) for _ in range(3)]
     assert all(torch.equal(plain, r) for r in reused)

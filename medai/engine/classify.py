@@ -26,7 +26,7 @@ from ..requests import ClassifyRequest, request_from
 from ..resample import resample_volume_to
 from .common import activation as apply_activation
 from .common import autocast, stack_inputs
-from .cpu_memory import reuse_freed_memory
+from .cpu_memory import network_call
 from .intensity import apply_intensity
 from .postprocess import bounding_box
 from .progress import CancelToken, Progress, ProgressCallback
@@ -345,7 +345,7 @@ def region_margin(model: LoadedModel, margin: float | None = None) -> float:
 
 def _scores(model: LoadedModel, spec: OutputSpec, net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
     """The network's raw output for one case and its class scores (one sigmoid output of a two-class card: [1 - p, p])."""
-    with torch.no_grad(), autocast(model.device):
+    with torch.no_grad(), autocast(model.device), network_call():
         logits = net(x).float()
     if logits.ndim != 2 or logits.shape[1] not in (len(spec.names), 1 if len(spec.names) == 2 else -1):
         raise ModelCardError(f"{model.name}: network output has shape {tuple(logits.shape)}; expected (1, {len(spec.names)}) for classes {', '.join(spec.names)}")
@@ -383,7 +383,7 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
     result = ClassificationResult(model.name, spec.task, spec.names, [], spec.thresholds, spec.unit,
                                   method if explain else None, str(model.device), warnings=list(model.notes) + doubts)
     weight = 1.0 / len(cases)
-    with model.lock, reuse_freed_memory():  # networks are not re-entrant on one device
+    with model.lock:  # networks are not re-entrant on one device
         for case_volumes, mask in zip(cases, masks):
             ref = case_volumes[0]
             with progress.stage(f"{ref.name}: preprocess", 0.1 * weight):

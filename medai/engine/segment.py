@@ -28,7 +28,7 @@ from .bundle_stream import compose_like, faster_step, is_plain_softmax, run_infe
 from .common import activation as _activation
 from .common import inference, set_cpu_threads, softmax_, stack_inputs
 from .intensity import apply_intensity
-from .cpu_memory import reuse_freed_memory
+from .cpu_memory import network_call
 from .postprocess import bounding_box, largest_component, postprocess_labelmap
 from .progress import CancelToken, Progress, ProgressCallback
 
@@ -65,7 +65,8 @@ class _Predictor:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.progress.cancel.check()
-        out = self.net(x)
+        with network_call():
+            out = self.net(x)
         self.done += 1
         self.progress.update(self.done / self.total)
         return out
@@ -86,13 +87,13 @@ def _run_network(stage: Stage, net: torch.nn.Module, x: torch.Tensor, affine: np
         out_affine[:3, 3] = affine[:3, 3] + affine[:3, :3] @ ((scale - 1) / 2)
         inp = apply_intensity(inp, stage.intensity, stats)
         progress.update(0.05)
-        with inference(device):
+        with inference(device), network_call():
             out = net(inp[None].to(device)).float()
         progress.update(1.0)
         return _activate(out, stage.activation)[0], out_affine
     if stage.mode == "whole":
         inp = apply_intensity(x, stage.intensity, stats)
-        with inference(device):
+        with inference(device), network_call():
             out = net(inp[None].to(device)).float()
         progress.update(1.0)
         return _activate(out, stage.activation)[0], affine
@@ -324,7 +325,7 @@ def segment(model: LoadedModel, volumes: list[Volume], callback: ProgressCallbac
     dims = 3 if any(st.roi_size and len(st.roi_size) == 3 for st in model.card.stages) else None
     doubts = input_warnings(volumes, model.card.inputs, model.name, dims)  # refuses unusable inputs before any work
     progress = Progress(callback, cancel)
-    with model.lock, reuse_freed_memory():  # networks are not re-entrant on one device
+    with model.lock:  # networks are not re-entrant on one device
         if model.format is not None:
             result = model.format.segment(model, volumes, progress)
         else:  # a LoadedModel built by hand (tests, training) is a card model
