@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -156,7 +155,9 @@ def print_process_row(r: dict) -> None:
         print(f"  skipped: {r['skipped']}", flush=True)
         return
     m, b = r["medai"], r.get("monai_bundle_run")
-    if b is None:  # --medai-only: no baseline process
+    if b is None:  # --medai-only, or a baseline that would not fit: no baseline process
+        if "baseline_skipped" in r:
+            print(f"  {r['bundle']} {r['size']}: {r['baseline_skipped']}", flush=True)
         state = f"{m['wall_s']:.1f}s {m['peak_MB']:.0f} MB" if m.get("rc") == 0 else f"failed: rc {m.get('rc')} {m.get('err', '')[-300:]!r}"
         print(f"  {r['bundle']} {r['size']}: medai {state} (no monai.bundle run)", flush=True)
         return
@@ -167,6 +168,30 @@ def print_process_row(r: dict) -> None:
     else:
         print(f"  {r['bundle']} {r['size']}: failed: medai rc {m.get('rc')} {m.get('err', '')[-300:]!r}; "
               f"monai rc {b.get('rc')} {b.get('err', '')[-300:]!r}", flush=True)
+
+
+def _available_mb() -> float | None:
+    try:
+        with open("/proc/meminfo") as info:
+            return next(int(line.split()[1]) for line in info if line.startswith("MemAvailable:")) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def _baseline_would_not_fit(rows: list[dict], bundle: str, size: tuple[int, int, int]) -> str | None:
+    """Why ``monai.bundle run`` is left out at this size (its peak, extrapolated by voxel count from this bundle's
+    largest measured size, is over 90% of the memory available now), or None to run it."""
+    measured = [r for r in rows if r.get("bundle") == bundle and r.get("monai_bundle_run", {}).get("rc") == 0]
+    available = _available_mb()
+    if not measured or available is None:
+        return None
+    voxels = lambda text: np.prod([int(v) for v in text.split("x")])
+    last = max(measured, key=lambda r: voxels(r["size"]))
+    need = last["monai_bundle_run"]["peak_MB"] * float(np.prod(size)) / voxels(last["size"])
+    if need <= 0.9 * available:
+        return None
+    return (f"monai.bundle run would need about {need / 1024:.0f} GB (its {last['monai_bundle_run']['peak_MB']:.0f} MB at {last['size']}, "
+            f"scaled by voxels); {available / 1024:.0f} GB available")
 
 
 def bench_processes(bundles: list[str], sizes: list[tuple[int, int, int]], device: str, timeout: float, repeats: int = 1,
@@ -203,7 +228,10 @@ def bench_processes(bundles: list[str], sizes: list[tuple[int, int, int]], devic
                              "--datalist", f"['{image}']", "--output_dir", str(out_dir), "--dataloader#num_workers", "0",
                              "--device", f"$torch.device('{env_device}')"]
                 row = {"bundle": name, "size": "x".join(map(str, size)), "repeats": repeats}
-                sides = (("medai", medai_cmd),) if medai_only else (("medai", medai_cmd), ("monai_bundle_run", monai_cmd))
+                too_big = _baseline_would_not_fit(rows, name, size)
+                if too_big:
+                    row["baseline_skipped"] = too_big
+                sides = (("medai", medai_cmd),) if medai_only or too_big else (("medai", medai_cmd), ("monai_bundle_run", monai_cmd))
                 runs: dict[str, list[dict]] = {key: [] for key, _ in sides}
                 for _ in range(repeats):  # alternating: both sides meet the same load of a shared machine
                     ours_path.unlink(missing_ok=True)  # medai never overwrites an output
@@ -213,7 +241,7 @@ def bench_processes(bundles: list[str], sizes: list[tuple[int, int, int]], devic
                         except subprocess.TimeoutExpired:
                             runs[key].append({"rc": None, "err": f"over {timeout:.0f} s"})
                 row.update({key: _best_process(r) for key, r in runs.items()})
-                ok = not medai_only and row["medai"].get("rc") == 0 and row["monai_bundle_run"].get("rc") == 0
+                ok = len(sides) == 2 and row["medai"].get("rc") == 0 and row["monai_bundle_run"].get("rc") == 0
                 if ok:
                     theirs = next(out_dir.rglob("*.nii.gz"))
                     a = sitk.GetArrayFromImage(sitk.ReadImage(str(ours_path)))
