@@ -275,11 +275,9 @@ def main() -> int:
     report = {"cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg()}
 
     parts = set(args.parts.split(","))
-    report["postprocess"] = bench_postprocess(repeats) if "postprocess" in parts else []
-    print("Post-processing (largest component + hole filling): cc3d/fill_voids now vs scipy.ndimage before")
-    for r in report["postprocess"]:
-        print(f"  {r['case']}: now {r['now_s']:.3f}s, before {r['scipy_before_s']:.3f}s, {r['speedup']:.1f}x faster, identical: {r['identical']}")
-
+    # First, in a process that has not yet allocated much: glibc's dynamic mmap threshold and heap depend on what the
+    # process did before, and deepbet's time moved by 15% with them (2.27 s after the post-processing section, 2.46-2.66 s
+    # before it); its natural state is a process that only loaded its models. See docs/performance.md.
     report["deepbet"] = d = bench_deepbet(args.device, repeats) if "deepbet" in parts else {"skipped": "not asked for (--parts)"}
     print("Warm brain extraction, MedAI vs deepbet's own pipeline (goal >= 1.3x)")
     if "skipped" in d:
@@ -289,6 +287,11 @@ def main() -> int:
               f"deepbet {d['deepbet_s']:.2f}s, {d['speedup']:.2f}x; identical masks: {d['identical']} ({d['differing_voxels']} voxels differ, Dice {d['dice']:.5f})")
         print(f"  medai with glibc's allocator as it is (MEDAI_REUSE_FREED_MEMORY=0): {d['medai_without_memory_reuse_s']:.2f}s, "
               f"{d['deepbet_s'] / d['medai_without_memory_reuse_s']:.2f}x; same mask: {d['same_without_reuse']}")
+
+    report["postprocess"] = bench_postprocess(repeats) if "postprocess" in parts else []
+    print("Post-processing (largest component + hole filling): cc3d/fill_voids now vs scipy.ndimage before")
+    for r in report["postprocess"]:
+        print(f"  {r['case']}: now {r['now_s']:.3f}s, before {r['scipy_before_s']:.3f}s, {r['speedup']:.1f}x faster, identical: {r['identical']}")
 
     print("Cold processes: medai segment vs python -m monai.bundle run (goal >= 1.5x), fresh weights, CT-like image 0.8x0.8x2.5 mm", flush=True)
     report["processes"] = bench_processes(bundles, sizes, args.device, args.timeout, args.process_repeats, args.medai_only) if "processes" in parts else []

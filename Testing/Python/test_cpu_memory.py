@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import resource
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -76,6 +80,7 @@ def test_nested_and_concurrent_calls_restore_once_the_last_one_ends(monkeypatch)
             entered.set()
             release.wait(30)
 
+    outside = faults_of_network_calls()
     thread = threading.Thread(target=other_call)
     thread.start()
     try:
@@ -84,7 +89,8 @@ def test_nested_and_concurrent_calls_restore_once_the_last_one_ends(monkeypatch)
             with network_call():
                 pass
         faults_of_network_calls(2)
-        assert faults_of_network_calls() * 8 < FRESH  # the other call is still going: still reusing
+        inside = faults_of_network_calls()
+        assert inside * 8 < outside, (inside, outside)  # the other call is still going: still reusing
     finally:
         release.set()
         thread.join(30)
@@ -98,3 +104,41 @@ def test_network_outputs_are_bitwise_equal_with_and_without():
         with network_call():
             reused = [NET(X) for _ in range(3)]
     assert all(torch.equal(plain, r) for r in reused)
+
+
+CHAIN_SCRIPT = """
+import json, resource, sys, torch
+from medai.engine import cpu_memory
+torch.manual_seed(0)
+# sixteen element-wise layers, each making a new 56 MiB activation and freeing the one before
+chain = torch.nn.Sequential(torch.nn.Conv3d(1, 16, 1), *[torch.nn.Sigmoid() for _ in range(16)]).eval()
+x = torch.rand(1, 1, 96, 96, 96)
+output_bytes = 16 * 96 ** 3 * 4
+
+def faults(rounds=3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    with torch.inference_mode():
+        for _ in range(rounds):
+            out = cpu_memory.call_network(chain, x)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, out
+
+cpu_memory.REUSE_OUTPUT_LIMIT = output_bytes - 1  # too large: as glibc does it (first, while the heap is still small)
+faults(1)
+large, plain = faults()
+cpu_memory.REUSE_OUTPUT_LIMIT = output_bytes  # fits: reused
+small, reused = faults()
+print(json.dumps({"large": large, "small": small, "recorded": cpu_memory._output_bytes[chain], "output_bytes": output_bytes,
+                  "equal": bool(torch.equal(plain, reused))}))
+"""
+
+
+def test_networks_with_outputs_too_large_to_fit_run_without_reuse():
+    """A network whose output is over ``REUSE_OUTPUT_LIMIT`` runs with glibc as it is from its second call on; one
+    whose output is under it reuses, within each call, what its layers free. In a fresh process: what glibc does
+    with a large block depends on what the process allocated before (a grown heap serves it without new pages)."""
+    env = {k: v for k, v in os.environ.items() if k != "MEDAI_REUSE_FREED_MEMORY"}
+    proc = subprocess.run([sys.executable, "-c", CHAIN_SCRIPT], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["recorded"] == got["output_bytes"] and got["equal"]
+    assert got["small"] * 2 < got["large"] and got["large"] > FRESH, got

@@ -26,7 +26,7 @@ from ..requests import ClassifyRequest, request_from
 from ..resample import resample_volume_to
 from .common import activation as apply_activation
 from .common import autocast, stack_inputs
-from .cpu_memory import network_call
+from .cpu_memory import call_network
 from .intensity import apply_intensity
 from .postprocess import bounding_box
 from .progress import CancelToken, Progress, ProgressCallback
@@ -345,8 +345,8 @@ def region_margin(model: LoadedModel, margin: float | None = None) -> float:
 
 def _scores(model: LoadedModel, spec: OutputSpec, net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
     """The network's raw output for one case and its class scores (one sigmoid output of a two-class card: [1 - p, p])."""
-    with torch.no_grad(), autocast(model.device), network_call():
-        logits = net(x).float()
+    with torch.no_grad(), autocast(model.device):
+        logits = call_network(net, x).float()
     if logits.ndim != 2 or logits.shape[1] not in (len(spec.names), 1 if len(spec.names) == 2 else -1):
         raise ModelCardError(f"{model.name}: network output has shape {tuple(logits.shape)}; expected (1, {len(spec.names)}) for classes {', '.join(spec.names)}")
     scores = apply_activation(logits, spec.activation)[0].cpu().numpy().astype(np.float64)

@@ -19,13 +19,19 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import weakref
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 # mallopt parameters and glibc's documented defaults (mallopt(3))
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 NEVER_TRIM = 2**31 - 1  # mallopt takes an int
+
+# Reuse pays when a call's output fits where its activations were freed. A larger output (a window batch of the
+# 105-class wholeBody bundle: 4 x 105 x 96^3 float32, 1.5 GB) grows the heap while the freed activations stay
+# resident until the call ends: its peak at 512x512x110 went from 4.5 to 4.9-5.3 GB. Such networks run without it.
+REUSE_OUTPUT_LIMIT = 256 << 20
 
 _lock = threading.Lock()
 _calls = 0  # open network_call scopes, in any thread
@@ -53,15 +59,37 @@ def enabled() -> bool:
     return os.environ.get("MEDAI_REUSE_FREED_MEMORY", "1").strip() != "0" and glibc() is not None
 
 
+_output_bytes: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+
+
+def call_network(net: Any, *inputs: Any) -> Any:
+    """``net(*inputs)`` in a :func:`network_call`, unless this network's last output was over ``REUSE_OUTPUT_LIMIT``."""
+    with network_call(_output_bytes.get(net, 0) <= REUSE_OUTPUT_LIMIT):
+        out = net(*inputs)
+    try:
+        _output_bytes[net] = _nbytes(out)
+    except TypeError:  # not weakly referable (a plain function): decided afresh each call
+        pass
+    return out
+
+
+def _nbytes(out: Any) -> int:
+    if isinstance(out, (list, tuple)):
+        return sum(_nbytes(o) for o in out)
+    if isinstance(out, dict):
+        return sum(_nbytes(o) for o in out.values())
+    return int(out.numel() * out.element_size()) if hasattr(out, "element_size") else 0
+
+
 @contextmanager
-def network_call() -> Iterator[None]:
+def network_call(reuse: bool = True) -> Iterator[None]:
     """A network call: its large blocks come from the heap and what it frees is reused, not unmapped.
 
     Process-wide (glibc has one allocator); nested and concurrent calls are counted, and the last one
-    to end restores glibc's defaults and trims the heap.
+    to end restores glibc's defaults and trims the heap. ``reuse=False``: nothing changes.
     """
     global _calls
-    libc = glibc() if enabled() else None
+    libc = glibc() if enabled() and reuse else None
     if libc is None:
         yield
         return

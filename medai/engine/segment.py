@@ -28,7 +28,7 @@ from .bundle_stream import compose_like, faster_step, is_plain_softmax, run_infe
 from .common import activation as _activation
 from .common import inference, set_cpu_threads, softmax_, stack_inputs
 from .intensity import apply_intensity
-from .cpu_memory import network_call
+from .cpu_memory import call_network
 from .postprocess import bounding_box, largest_component, postprocess_labelmap
 from .progress import CancelToken, Progress, ProgressCallback
 
@@ -65,8 +65,7 @@ class _Predictor:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.progress.cancel.check()
-        with network_call():
-            out = self.net(x)
+        out = call_network(self.net, x)
         self.done += 1
         self.progress.update(self.done / self.total)
         return out
@@ -87,14 +86,14 @@ def _run_network(stage: Stage, net: torch.nn.Module, x: torch.Tensor, affine: np
         out_affine[:3, 3] = affine[:3, 3] + affine[:3, :3] @ ((scale - 1) / 2)
         inp = apply_intensity(inp, stage.intensity, stats)
         progress.update(0.05)
-        with inference(device), network_call():
-            out = net(inp[None].to(device)).float()
+        with inference(device):
+            out = call_network(net, inp[None].to(device)).float()
         progress.update(1.0)
         return _activate(out, stage.activation)[0], out_affine
     if stage.mode == "whole":
         inp = apply_intensity(x, stage.intensity, stats)
-        with inference(device), network_call():
-            out = net(inp[None].to(device)).float()
+        with inference(device):
+            out = call_network(net, inp[None].to(device)).float()
         progress.update(1.0)
         return _activate(out, stage.activation)[0], affine
     # sliding window, optionally at the card's voxel spacing
