@@ -91,13 +91,16 @@ def bench_deepbet(device: str, repeats: int) -> dict:
     # restores the defaults after, but glibc's dynamic mmap threshold stays off from then on; medai/engine/cpu_memory.py)
     bet.run(image)  # warm-up
     t_deepbet, (_, mask, _) = best_time(lambda: bet.run(image), repeats)
-    segment(model, [volume])  # warm-up
-    t_medai, result = best_time(lambda: segment(model, [volume]), repeats)
-    os.environ["MEDAI_REUSE_FREED_MEMORY"] = "0"  # the same, with glibc's allocator left as it is (cpu_memory.py)
+    # MedAI with glibc's allocator left as it is (cpu_memory.py), before any call that reuses freed memory: what glibc
+    # does with a large block depends on what the process did before (a heap grown by earlier runs serves it).
+    os.environ["MEDAI_REUSE_FREED_MEMORY"] = "0"
     try:
+        segment(model, [volume])  # warm-up
         t_plain, plain = best_time(lambda: segment(model, [volume]), repeats)
     finally:
         del os.environ["MEDAI_REUSE_FREED_MEMORY"]
+    segment(model, [volume])  # warm-up
+    t_medai, result = best_time(lambda: segment(model, [volume]), repeats)
     ours = result.layers[0] > 0  # [k, j, i] like the file's voxels
     theirs = np.asarray(mask.dataobj).astype(bool).transpose(2, 1, 0)
     dice = 2 * (ours & theirs).sum() / (ours.sum() + theirs.sum())
