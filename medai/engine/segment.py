@@ -27,10 +27,11 @@ from .bundle_inputs import bundle_input_data
 from .bundle_stream import compose_like, faster_step, is_plain_softmax, run_inferer
 from .common import activation as _activation
 from .common import inference, set_cpu_threads, softmax_, stack_inputs
-from .intensity import apply_intensity
 from .cpu_memory import call_network
+from .intensity import apply_intensity
 from .postprocess import bounding_box, largest_component, postprocess_labelmap
 from .progress import CancelToken, Progress, ProgressCallback
+from .window_batch import auto_batch
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,15 @@ def _run_network(stage: Stage, net: torch.nn.Module, x: torch.Tensor, affine: np
         x = torch.from_numpy(resample_channels(x.numpy(), affine, shape, work_affine, linear=True))
     x = apply_intensity(x, stage.intensity, stats)
     roi = stage.roi_size
-    predictor = _Predictor(net, progress, _count_windows(tuple(x.shape[1:]), roi, stage.overlap, stage.sw_batch_size))
+    batch = stage.sw_batch_size
+    if batch == "auto":  # the card asks for as many windows per call as fit in free memory (window_batch.py)
+        with inference(device):
+            batch = auto_batch(net, x.shape[0], roi, device, _count_windows(tuple(x.shape[1:]), roi, stage.overlap, 1))
+    predictor = _Predictor(net, progress, _count_windows(tuple(x.shape[1:]), roi, stage.overlap, batch))
     big = x[0].numel() * 8 > GPU_STITCH_LIMIT  # room for several output channels
     with inference(device):
         out = sliding_window_inference(
-            x[None], roi_size=roi, sw_batch_size=stage.sw_batch_size, predictor=predictor, overlap=stage.overlap,
+            x[None], roi_size=roi, sw_batch_size=batch, predictor=predictor, overlap=stage.overlap,
             mode="gaussian", sw_device=device, device=torch.device("cpu") if big else device,
         )
     return _activate(torch.as_tensor(out).float(), stage.activation)[0], work_affine

@@ -142,7 +142,7 @@ class Stage:
     roi_size: list[int] | None = None
     resize_mode: str = "trilinear"
     overlap: float = 0.25
-    sw_batch_size: int = 1
+    sw_batch_size: int | str = 1  # windows per network call, or "auto": as many as fit in free memory
     activation: str = "softmax"
     output_channel: int | None = None  # localize: which output channel is the foreground
     threshold: float = 0.5
@@ -239,6 +239,10 @@ def _stage_from(raw: dict, name: str, where: str, default_activation: str = "sof
         "crop_margin": _number(raw, "crop_margin", where), "largest_component": raw.get("largest_component"),
         "region_margin": _number(inf, "region_margin", where),
     }
+    batch = given["sw_batch_size"]
+    if batch is not None and batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ModelCardError(f"{where}: inference.sw_batch_size {batch!r} must be a whole number of windows (1 or more) "
+                             "or \"auto\" (as many as fit in free memory)")
     if given["region_margin"] is not None and not 0.0 <= given["region_margin"] <= 10.0:
         raise ModelCardError(f"{where}: inference.region_margin {given['region_margin']!r} is not a fraction of the region's size "
                              "between 0 and 10 (e.g. 0.1, or 0 for patch classifiers)")
