@@ -173,20 +173,14 @@ def print_process_row(r: dict) -> None:
               f"monai rc {b.get('rc')} {b.get('err', '')[-300:]!r}", flush=True)
 
 
-def _available_mb() -> float | None:
-    try:
-        with open("/proc/meminfo") as info:
-            return next(int(line.split()[1]) for line in info if line.startswith("MemAvailable:")) / 1024
-    except (OSError, StopIteration):
-        return None
-
-
 def _baseline_would_not_fit(rows: list[dict], bundle: str, size: tuple[int, int, int]) -> str | None:
     """Why ``monai.bundle run`` is left out at this size (its peak, extrapolated by voxel count from this bundle's
     largest measured size, is over 90% of the memory available now), or None to run it."""
     measured = [r for r in rows if r.get("bundle") == bundle and r.get("monai_bundle_run", {}).get("rc") == 0]
-    available = _available_mb()
-    if not measured or available is None:
+    from medai.engine.cpu_memory import available_memory
+
+    available = available_memory() / 2**20
+    if not measured:
         return None
     voxels = lambda text: np.prod([int(v) for v in text.split("x")])
     last = max(measured, key=lambda r: voxels(r["size"]))

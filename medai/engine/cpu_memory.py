@@ -54,6 +54,18 @@ def glibc() -> ctypes.CDLL | None:
     return _libc
 
 
+def available_memory() -> int:
+    """Bytes of memory available now (``MemAvailable``), or 4 GiB when unknown (not Linux)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
 def enabled() -> bool:
     """Whether :func:`network_call` changes anything in this process."""
     return os.environ.get("MEDAI_REUSE_FREED_MEMORY", "1").strip() != "0" and glibc() is not None

@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from .cpu_memory import available_memory
+
 log = logging.getLogger(__name__)
 
 MAX_AUTO_BATCH = 8
@@ -27,14 +29,7 @@ def free_memory(device: torch.device) -> int:
     """Bytes free now: the CUDA device's free memory, or the system's available memory for the CPU."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30  # unknown (not Linux): assume 4 GiB
+    return available_memory()
 
 
 def window_bytes(net: Callable, window: torch.Tensor) -> int:

@@ -329,15 +329,3 @@ def estimate_case_bytes(case: Case, prep: Preprocessing) -> int:
     if prep.spacing:
         n = int(n * np.prod(spacing[:3] / np.asarray(prep.spacing)))
     return n * 4 * (max(1, len(case.images or case.volumes or [1])) + 2)
-
-
-def available_memory() -> int:
-    """Bytes of memory available now (``MemAvailable``), or 4 GiB when unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30

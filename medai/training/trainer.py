@@ -31,12 +31,13 @@ import numpy as np
 import torch
 
 from ..engine.common import autocast
+from ..engine.cpu_memory import available_memory
 from ..engine.progress import Cancelled, CancelToken
 from ..metrics import classification_metrics, dice, regression_metrics
 from ..models.card import DENOISE_METHODS
 from ..models.loader import build_network, load_model, resolve_device
 from . import augment
-from .data import Case, DataError, Preprocessing, TrainingData, available_memory, estimate_case_bytes, preprocess
+from .data import Case, DataError, Preprocessing, TrainingData, estimate_case_bytes, preprocess
 from .networks import network_config, size_divisor
 from .split import load_split, save_split, split_cases
 
