@@ -12,8 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..training.config import TrainConfig
 from .progressbar import ProgressBar
 from .safety import add_trust_argument, check_outputs
+
+DEFAULTS = TrainConfig()  # the options' defaults are the settings' own (torch-free import)
 
 
 def _floats(text: str) -> list[float]:
@@ -27,26 +30,26 @@ def register(sub) -> None:
     p.add_argument("--replace", action="store_true", help="with --recipe: retrain even if the recipe's model exists")
     p.add_argument("--data", default=None, help="Decathlon folder (dataset.json), folder of image/label pairs, CSV (image,label[,split]), "
                    "or medmnist:FLAG[_SIZE] (e.g. medmnist:pneumoniamnist, medmnist:pneumoniamnist_64)")
-    p.add_argument("--task", default="segmentation", choices=["segmentation", "classification", "multilabel", "regression"],
+    p.add_argument("--task", default=DEFAULTS.task, choices=["segmentation", "classification", "multilabel", "regression"],
                    help="multilabel: classes that may co-occur (CSV label cell 'a;b'), one sigmoid output each")
     p.add_argument("--network", default=None, help="unet, segresnet, dynunet (segmentation); densenet121, resnet (classification)")
     p.add_argument("--network-args", default=None, help='JSON overriding network arguments, e.g. \'{"channels": [8, 16, 32], "strides": [2, 2]}\'')
     p.add_argument("-o", "--output", default=None, help="model folder (required unless --recipe) to write (medai.json, model.pt, split.json, history.csv, plots)")
     p.add_argument("--from", dest="finetune_from", default=None, help="fine-tune this model (catalog name or card) with a lower learning rate")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=2, help="patches (segmentation) or images per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (x0.1 when fine-tuning)")
+    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="patches (segmentation) or images per step")
+    p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="AdamW learning rate (x0.1 when fine-tuning)")
     p.add_argument("--roi", default=None, help="patch size (segmentation) or input size (classification), e.g. 96,96,96; two values train a 2D model on single-slice images")
     p.add_argument("--spacing", default=None, help="resample to this voxel size in mm, e.g. 1.5,1.5,2")
     p.add_argument("--intensity", default="nonzero_zscore",
                    help="normalisation: zscore, nonzero_zscore, percentile, or a JSON list of card intensity ops")
     p.add_argument("--augment", default=None, help="comma-separated augmentation (affine,flip,intensity,noise,smooth; default all) or 'none'")
-    p.add_argument("--samples-per-case", type=int, default=4)
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
-    p.add_argument("--patience", type=int, default=10, help="stop after this many validations without improvement")
-    p.add_argument("--split", default="0.7,0.15,0.15", help="train,validation,test fractions when the data gives no split")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples-per-case", type=int, default=DEFAULTS.samples_per_case)
+    p.add_argument("--steps-per-epoch", type=int, default=DEFAULTS.steps_per_epoch)
+    p.add_argument("--val-every", type=int, default=DEFAULTS.val_every, help="validate every N epochs")
+    p.add_argument("--patience", type=int, default=DEFAULTS.patience, help="stop after this many validations without improvement")
+    p.add_argument("--split", default=",".join(str(f) for f in DEFAULTS.split), help="train,validation,test fractions when the data gives no split")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--crop-foreground", action="store_true", help="training only: crop cases to the labelled region plus a margin")
     p.add_argument("--region-margin", type=float, default=None,
                    help="classification: margin added around a region at inference, as a fraction of its size (0 for patch classifiers)")
@@ -54,7 +57,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint_last.pt")
     p.add_argument("--data-note", default=None, help="a sentence about the data for the card (e.g. that labels are derived)")
     p.add_argument("--name", default=None, help="model name in the card (default: the output folder's name)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default=DEFAULTS.device)
     add_trust_argument(p)
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
     p.add_argument("--no-test", action="store_true", help="skip evaluating the test cases at the end")

@@ -6,4 +6,15 @@ transforms a card names; ``networks`` configures MONAI networks; ``trainer`` run
 (validation, best checkpoint, early stopping, resume, cancel); ``export`` writes the card.
 """
 
-from .trainer import TrainConfig, TrainEvent, TrainResult, train  # noqa: F401
+from .config import TrainConfig  # noqa: F401  (torch-free)
+
+_FROM_TRAINER = ("TrainEvent", "TrainResult", "train")
+
+
+def __getattr__(name: str):
+    """The trainer (which imports torch) loads when one of its names is first asked for."""
+    if name in _FROM_TRAINER:
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
