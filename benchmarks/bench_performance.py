@@ -176,12 +176,12 @@ def print_process_row(r: dict) -> None:
 def _baseline_would_not_fit(rows: list[dict], bundle: str, size: tuple[int, int, int]) -> str | None:
     """Why ``monai.bundle run`` is left out at this size (its peak, extrapolated by voxel count from this bundle's
     largest measured size, is over 90% of the memory available now), or None to run it."""
-    measured = [r for r in rows if r.get("bundle") == bundle and r.get("monai_bundle_run", {}).get("rc") == 0]
     from medai.engine.cpu_memory import available_memory
 
-    available = available_memory() / 2**20
+    measured = [r for r in rows if r.get("bundle") == bundle and r.get("monai_bundle_run", {}).get("rc") == 0]
     if not measured:
         return None
+    available = available_memory() / 2**20
     voxels = lambda text: np.prod([int(v) for v in text.split("x")])
     last = max(measured, key=lambda r: voxels(r["size"]))
     need = last["monai_bundle_run"]["peak_MB"] * float(np.prod(size)) / voxels(last["size"])

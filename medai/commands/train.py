@@ -86,7 +86,7 @@ def _given(args, dest: str) -> bool:
 
 
 def run(args) -> int:
-    from ..training import TrainConfig, train
+    from ..training import train
     from ..training.data import discover
 
     settings = {
@@ -97,7 +97,7 @@ def run(args) -> int:
         "spacing": _floats(args.spacing) if args.spacing else None, "intensity": intensity_ops(args.intensity),
         "samples_per_case": args.samples_per_case, "steps_per_epoch": args.steps_per_epoch, "val_every": args.val_every,
         "patience": args.patience, "seed": args.seed, "split": tuple(_floats(args.split)),
-        "augmentation": [] if args.augment == "none" else (args.augment.split(",") if args.augment else TrainConfig().augmentation),
+        "augmentation": [] if args.augment == "none" else (args.augment.split(",") if args.augment else list(DEFAULTS.augmentation)),
         "device": args.device, "amp": not args.no_amp, "crop_foreground": args.crop_foreground, "denoise": args.denoise,
         "finetune_from": args.finetune_from, "resume": args.resume, "name": args.name, "evaluate_test": not args.no_test,
         "region_margin": args.region_margin, "trust": args.trust,

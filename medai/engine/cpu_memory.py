@@ -36,6 +36,7 @@ REUSE_OUTPUT_LIMIT = 256 << 20
 _lock = threading.Lock()
 _calls = 0  # open network_call scopes, in any thread
 _libc: ctypes.CDLL | None | bool = False  # False: not looked up yet
+_output_bytes: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()  # each network's last output
 
 
 def glibc() -> ctypes.CDLL | None:
@@ -69,9 +70,6 @@ def available_memory() -> int:
 def enabled() -> bool:
     """Whether :func:`network_call` changes anything in this process."""
     return os.environ.get("MEDAI_REUSE_FREED_MEMORY", "1").strip() != "0" and glibc() is not None
-
-
-_output_bytes: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
 
 
 def call_network(net: Any, *inputs: Any) -> Any:

@@ -41,13 +41,7 @@ def apply_intensity(x: torch.Tensor, ops: list[dict], stats: dict) -> torch.Tens
     ``x`` itself is never changed: the first op makes a new tensor and later ops work on it in place
     (the same element-wise operations, so the same values, without a full-size temporary per step).
     """
-    owned = False
-
-    def fresh(t: torch.Tensor) -> torch.Tensor:
-        nonlocal owned
-        owned = True
-        return t
-
+    given = x  # never changed: ops work in place only once an earlier op has made a new tensor
     for op in ops:
         kind = op["op"]
         if kind == "percentile_scale":
@@ -57,20 +51,20 @@ def apply_intensity(x: torch.Tensor, ops: list[dict], stats: dict) -> torch.Tens
             else:
                 low, high = _quantiles(x, op.get("lower", 0.5), op.get("upper", 99.5))
                 stats[key] = (low, high)
-            x = x.sub_(low) if owned else fresh(x - low)
+            x = x.sub_(low) if x is not given else x - low
             x.div_(max(high - low, 1e-8))
         elif kind == "scale_range":
             a_min, a_max = float(op["a_min"]), float(op["a_max"])
             b_min, b_max = float(op.get("b_min", 0.0)), float(op.get("b_max", 1.0))
-            x = x.sub_(a_min) if owned else fresh(x - a_min)
+            x = x.sub_(a_min) if x is not given else x - a_min
             x.div_(a_max - a_min).mul_(b_max - b_min).add_(b_min)
             if op.get("clip", False):
                 x.clamp_(min(b_min, b_max), max(b_min, b_max))
         elif kind == "clip":
-            x = x.clamp_(op.get("min"), op.get("max")) if owned else fresh(x.clamp(op.get("min"), op.get("max")))
+            x = x.clamp_(op.get("min"), op.get("max")) if x is not given else x.clamp(op.get("min"), op.get("max"))
         elif kind == "zscore":
             mean, std = x.mean(), x.std().clamp_min(1e-8)
-            x = x.sub_(mean) if owned else fresh(x - mean)
+            x = x.sub_(mean) if x is not given else x - mean
             x.div_(std)
         elif kind == "nonzero_zscore":
             out = x.clone()
@@ -79,12 +73,12 @@ def apply_intensity(x: torch.Tensor, ops: list[dict], stats: dict) -> torch.Tens
                 if nz.any():
                     v = x[c][nz]
                     out[c][nz] = (v - v.mean()) / v.std(unbiased=False).clamp_min(1e-8)
-            x = fresh(out)
+            x = out
         elif kind == "denoise":
-            x = fresh(denoise(x, op.get("method", "gaussian"), op.get("sigma", 0.75), op.get("size", 3)))
+            x = denoise(x, op.get("method", "gaussian"), op.get("sigma", 0.75), op.get("size", 3))
         elif kind == "affine":
             scale, shift = float(op.get("scale", 1.0)), float(op.get("shift", 0.0))
-            x = x.mul_(scale) if owned else fresh(x * scale)
+            x = x.mul_(scale) if x is not given else x * scale
             x.add_(shift)
         else:
             raise ModelCardError(f"intensity op {kind!r} unknown")

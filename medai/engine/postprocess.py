@@ -26,6 +26,11 @@ def _require(module: str, package: str):
         ) from exc
 
 
+def full_connectivity(ndim: int) -> int:
+    """cc3d's connectivity that joins voxels touching at faces, edges or corners (as ``ndimage.label`` with a full structure)."""
+    return 26 if ndim == 3 else 8
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep the largest fully connected (26 in 3D, 8 in 2D) component of a binary mask (all False stays all False).
 
@@ -35,7 +40,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     if mask.ndim not in (2, 3):
         raise ValueError(f"largest_component: expected a 2D or 3D mask, got {mask.ndim} dimensions {mask.shape}")
     cc3d = _require("cc3d", "connected-components-3d")
-    labels, count = cc3d.connected_components(mask, connectivity=26 if mask.ndim == 3 else 8, return_N=True)
+    labels, count = cc3d.connected_components(mask, connectivity=full_connectivity(mask.ndim), return_N=True)
     if count <= 1:
         return mask.copy()
     if count <= FEW_COMPONENTS:
@@ -134,7 +139,7 @@ def largest_of_each(labelmap: np.ndarray, boxes: dict[int, tuple[slice, ...]]) -
     union = tuple(slice(min(b[a].start for b in boxes.values()), max(b[a].stop for b in boxes.values()))
                   for a in range(labelmap.ndim))
     region = np.ascontiguousarray(labelmap[union])
-    components = cc3d.connected_components(region, connectivity=26 if region.ndim == 3 else 8)
+    components = cc3d.connected_components(region, connectivity=full_connectivity(region.ndim))
     ids, first, sizes = fastremap.unique(components, return_index=True, return_counts=True)
     owner = region.ravel()[first]  # the value each component belongs to, read at its first voxel
     keep = {}

@@ -106,11 +106,12 @@ def _run_network(stage: Stage, net: torch.nn.Module, x: torch.Tensor, affine: np
         x = torch.from_numpy(resample_channels(x.numpy(), affine, shape, work_affine, linear=True))
     x = apply_intensity(x, stage.intensity, stats)
     roi = stage.roi_size
+    windows = _count_windows(tuple(x.shape[1:]), roi, stage.overlap, 1)
     batch = stage.sw_batch_size
     if batch == "auto":  # the card asks for as many windows per call as fit in free memory (window_batch.py)
         with inference(device):
-            batch = auto_batch(net, x.shape[0], roi, device, _count_windows(tuple(x.shape[1:]), roi, stage.overlap, 1))
-    predictor = _Predictor(net, progress, _count_windows(tuple(x.shape[1:]), roi, stage.overlap, batch))
+            batch = auto_batch(net, x.shape[0], roi, device, windows)
+    predictor = _Predictor(net, progress, math.ceil(windows / batch))
     big = x[0].numel() * 8 > GPU_STITCH_LIMIT  # room for several output channels
     with inference(device):
         out = sliding_window_inference(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from .data import DataError
+
 AUGMENTATION_PARAMS = {
     "affine": {"prob": 0.5, "rotate_deg": 15.0, "translate_fraction": 0.1, "scale": 0.1},
     "flip": {"prob": 0.5},
