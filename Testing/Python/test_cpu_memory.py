@@ -7,7 +7,6 @@ import os
 import resource
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
@@ -40,23 +39,42 @@ def faults_of_network_calls(rounds: int = ROUNDS) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
-def test_a_network_call_reuses_what_it_frees_and_the_defaults_come_back(monkeypatch):
-    monkeypatch.delenv("MEDAI_REUSE_FREED_MEMORY", raising=False)
-    outside = faults_of_network_calls()
-    assert outside > FRESH  # glibc's default: every call maps (and faults in) fresh pages
-    with network_call():
-        faults_of_network_calls(2)  # the heap grows to what a call needs
-        inside = faults_of_network_calls()
-    assert inside * 8 < outside, (inside, outside)
-    assert faults_of_network_calls() > FRESH  # the defaults are back and the heap was trimmed
+def in_fresh_process(code: str) -> dict:
+    """Run ``code`` in a fresh Python with this module's helpers imported; it sets ``result``, returned here.
+
+    Page-fault counts depend on what the process allocated before (a heap grown by earlier tests serves large
+    blocks without new pages even under glibc's defaults), so the comparisons run where nothing came before.
+    """
+    script = (f"import json, sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+              "from test_cpu_memory import *\n" + code + "\nprint(json.dumps(result))\n")
+    env = {k: v for k, v in os.environ.items() if k != "MEDAI_REUSE_FREED_MEMORY"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_the_heap_is_trimmed_when_the_call_ends(monkeypatch):
-    monkeypatch.delenv("MEDAI_REUSE_FREED_MEMORY", raising=False)
-    with network_call():
-        faults_of_network_calls(1)
-        held = resident_mb()
-    assert resident_mb() < held - 40  # at least most of one freed 56 MiB activation went back to the system
+def test_a_network_call_reuses_what_it_frees_and_the_defaults_come_back():
+    got = in_fresh_process("""
+outside = faults_of_network_calls()
+with network_call():
+    faults_of_network_calls(2)  # the heap grows to what a call needs
+    inside = faults_of_network_calls()
+faults_of_network_calls(1)  # were the heap still kept, this would grow it again and the next calls would reuse it
+result = {"outside": outside, "inside": inside, "after": faults_of_network_calls()}
+""")
+    assert got["outside"] > FRESH, got  # glibc's default: every call maps (and faults in) fresh pages
+    assert got["inside"] * 4 < got["outside"], got
+    assert got["after"] > got["inside"] * 4, got  # the defaults are back: fresh pages again
+
+
+def test_the_heap_is_trimmed_when_the_call_ends():
+    got = in_fresh_process("""
+with network_call():
+    faults_of_network_calls(1)
+    held = resident_mb()
+result = {"held": held, "after": resident_mb()}
+""")
+    assert got["after"] < got["held"] - 40, got  # at least most of one freed 56 MiB activation went back to the system
 
 
 def resident_mb() -> float:
@@ -71,31 +89,33 @@ def test_turned_off_by_the_environment(monkeypatch):
         assert faults_of_network_calls() > FRESH
 
 
-def test_nested_and_concurrent_calls_restore_once_the_last_one_ends(monkeypatch):
-    monkeypatch.delenv("MEDAI_REUSE_FREED_MEMORY", raising=False)
-    entered, release = threading.Event(), threading.Event()
+def test_nested_and_concurrent_calls_restore_once_the_last_one_ends():
+    got = in_fresh_process("""
+import threading
+entered, release = threading.Event(), threading.Event()
 
-    def other_call():
-        with network_call():
-            entered.set()
-            release.wait(30)
+def other_call():
+    with network_call():
+        entered.set()
+        release.wait(30)
 
-    outside = faults_of_network_calls()
-    thread = threading.Thread(target=other_call)
-    thread.start()
-    try:
-        assert entered.wait(30)
+outside = faults_of_network_calls()
+thread = threading.Thread(target=other_call)
+thread.start()
+try:
+    assert entered.wait(30)
+    with network_call():
         with network_call():
-            with network_call():
-                pass
-        faults_of_network_calls(2)
-        inside = faults_of_network_calls()
-        assert inside * 8 < outside, (inside, outside)  # the other call is still going: still reusing
-    finally:
-        release.set()
-        thread.join(30)
-    assert cpu_memory._calls == 0
-    assert faults_of_network_calls() > FRESH
+            pass
+    faults_of_network_calls(2)
+    inside = faults_of_network_calls()  # the other call is still going: still reusing
+finally:
+    release.set()
+    thread.join(30)
+result = {"outside": outside, "inside": inside, "open": cpu_memory._calls, "after": faults_of_network_calls()}
+""")
+    assert got["inside"] * 4 < got["outside"], got
+    assert got["open"] == 0 and got["after"] > FRESH, got
 
 
 def test_network_outputs_are_bitwise_equal_with_and_without():
@@ -107,8 +127,6 @@ def test_network_outputs_are_bitwise_equal_with_and_without():
 
 
 CHAIN_SCRIPT = """
-import json, resource, sys, torch
-from medai.engine import cpu_memory
 torch.manual_seed(0)
 # sixteen element-wise layers, each making a new 56 MiB activation and freeing the one before
 chain = torch.nn.Sequential(torch.nn.Conv3d(1, 16, 1), *[torch.nn.Sigmoid() for _ in range(16)]).eval()
@@ -127,8 +145,8 @@ faults(1)
 large, plain = faults()
 cpu_memory.REUSE_OUTPUT_LIMIT = output_bytes  # fits: reused
 small, reused = faults()
-print(json.dumps({"large": large, "small": small, "recorded": cpu_memory._output_bytes[chain], "output_bytes": output_bytes,
-                  "equal": bool(torch.equal(plain, reused))}))
+result = {"large": large, "small": small, "recorded": cpu_memory._output_bytes[chain], "output_bytes": output_bytes,
+          "equal": bool(torch.equal(plain, reused))}
 """
 
 
@@ -136,9 +154,6 @@ def test_networks_with_outputs_too_large_to_fit_run_without_reuse():
     """A network whose output is over ``REUSE_OUTPUT_LIMIT`` runs with glibc as it is from its second call on; one
     whose output is under it reuses, within each call, what its layers free. In a fresh process: what glibc does
     with a large block depends on what the process allocated before (a grown heap serves it without new pages)."""
-    env = {k: v for k, v in os.environ.items() if k != "MEDAI_REUSE_FREED_MEMORY"}
-    proc = subprocess.run([sys.executable, "-c", CHAIN_SCRIPT], capture_output=True, text=True, timeout=180, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = in_fresh_process(CHAIN_SCRIPT)
     assert got["recorded"] == got["output_bytes"] and got["equal"]
     assert got["small"] * 2 < got["large"] and got["large"] > FRESH, got
