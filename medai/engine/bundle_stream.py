@@ -11,12 +11,14 @@ the bundle's own chain: same stitching arithmetic, the whole-volume softmax bits
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
 
 import torch
 
+from .out_of_memory import try_in_turn
 from .slab_softmax import slab_softmax_exact, softmax_slab
 from .streaming import NotStreamable, stream_sliding_window
 
@@ -146,10 +148,21 @@ def run_inferer(inferer, post, image: torch.Tensor, predictor, key: str = "pred"
     ``image`` is ``(1, C, *spatial)``. Where :func:`plan_streaming` finds leading per-voxel steps, they are
     applied slab by slab and the rest of ``post`` is returned; otherwise (or where the slab-wise softmax
     is not exact on this machine) this is the bundle's own inferer on the whole volume and ``post`` itself.
+    When the device runs out of memory stitching the output there, it is stitched on the CPU.
     """
+    attempts = [("the output stitched as the bundle says", lambda: _run_inferer(inferer, post, image, predictor, key))]
+    if hasattr(inferer, "device") and image.device.type != "cpu" and str(inferer.device or image.device) != "cpu":
+        attempts.append(("the output stitched on cpu",
+                         lambda: _run_inferer(inferer, post, image, predictor, key, stitch_on_cpu=True)))
+    return try_in_turn(attempts, f"the bundle's inferer on {tuple(image.shape[2:])} voxels",
+                       lambda: setattr(predictor, "done", 0) if hasattr(predictor, "done") else None)
+
+
+def _run_inferer(inferer, post, image: torch.Tensor, predictor, key: str,
+                 stitch_on_cpu: bool = False) -> tuple[torch.Tensor, object | None]:
     plan = plan_streaming(inferer, post, key) if post is not None else None
     if plan is not None:
-        device = inferer.device
+        device = "cpu" if stitch_on_cpu else inferer.device
         if device is None and inferer.cpu_thresh is not None and image.shape[2:].numel() > inferer.cpu_thresh:
             device = "cpu"
         try:
@@ -162,4 +175,7 @@ def run_inferer(inferer, post, image: torch.Tensor, predictor, key: str = "pred"
             log.warning("running the bundle's sliding window on the whole volume instead%s", f" ({e})" if str(e) else "")
             if hasattr(predictor, "done"):
                 predictor.done = 0
+    if stitch_on_cpu:
+        inferer = copy.copy(inferer)
+        inferer.device = torch.device("cpu")
     return torch.as_tensor(inferer(image, predictor))[0].float().cpu(), post

@@ -345,7 +345,7 @@ def region_margin(model: LoadedModel, margin: float | None = None) -> float:
 
 def _scores(model: LoadedModel, spec: OutputSpec, net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
     """The network's raw output for one case and its class scores (one sigmoid output of a two-class card: [1 - p, p])."""
-    with torch.no_grad(), autocast(model.device):
+    with torch.no_grad(), autocast(model.device, model.amp):
         logits = call_network(net, x).float()
     if logits.ndim != 2 or logits.shape[1] not in (len(spec.names), 1 if len(spec.names) == 2 else -1):
         raise ModelCardError(f"{model.name}: network output has shape {tuple(logits.shape)}; expected (1, {len(spec.names)}) for classes {', '.join(spec.names)}")

@@ -65,15 +65,15 @@ def softmax_(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch._softmax(x, dim, False, out=x)
 
 
-def autocast(device: torch.device):
-    """float16 autocast on CUDA, nothing on the CPU."""
-    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+def autocast(device: torch.device, amp: bool = True):
+    """float16 autocast on CUDA when ``amp`` (the model's own setting), nothing on the CPU."""
+    return torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" else nullcontext()
 
 
 @contextmanager
-def inference(device: torch.device):
-    """Network calls: ``torch.inference_mode`` (no autograd bookkeeping) and float16 autocast on CUDA."""
-    with torch.inference_mode(), autocast(device):
+def inference(device: torch.device, amp: bool = True):
+    """Network calls: ``torch.inference_mode`` (no autograd bookkeeping) and, when ``amp``, float16 autocast on CUDA."""
+    with torch.inference_mode(), autocast(device, amp):
         yield
 
 

@@ -29,6 +29,7 @@ from .common import activation as _activation
 from .common import inference, set_cpu_threads, softmax_, stack_inputs
 from .cpu_memory import call_network
 from .intensity import apply_intensity
+from .out_of_memory import OutOfMemory, try_in_turn, way_out
 from .postprocess import bounding_box, largest_component, postprocess_labelmap
 from .progress import CancelToken, Progress, ProgressCallback
 from .window_batch import auto_batch
@@ -87,13 +88,13 @@ def _run_network(stage: Stage, net: torch.nn.Module, x: torch.Tensor, affine: np
         out_affine[:3, 3] = affine[:3, 3] + affine[:3, :3] @ ((scale - 1) / 2)
         inp = apply_intensity(inp, stage.intensity, stats)
         progress.update(0.05)
-        with inference(device):
+        with inference(device, stage.amp):
             out = call_network(net, inp[None].to(device)).float()
         progress.update(1.0)
         return _activate(out, stage.activation)[0], out_affine
     if stage.mode == "whole":
         inp = apply_intensity(x, stage.intensity, stats)
-        with inference(device):
+        with inference(device, stage.amp):
             out = call_network(net, inp[None].to(device)).float()
         progress.update(1.0)
         return _activate(out, stage.activation)[0], affine
@@ -109,15 +110,22 @@ def _run_network(stage: Stage, net: torch.nn.Module, x: torch.Tensor, affine: np
     windows = _count_windows(tuple(x.shape[1:]), roi, stage.overlap, 1)
     batch = stage.sw_batch_size
     if batch == "auto":  # the card asks for as many windows per call as fit in free memory (window_batch.py)
-        with inference(device):
+        with inference(device, stage.amp):
             batch = auto_batch(net, x.shape[0], roi, device, windows)
     predictor = _Predictor(net, progress, math.ceil(windows / batch))
+    cpu = torch.device("cpu")
     big = x[0].numel() * 8 > GPU_STITCH_LIMIT  # room for several output channels
-    with inference(device):
-        out = sliding_window_inference(
-            x[None], roi_size=roi, sw_batch_size=batch, predictor=predictor, overlap=stage.overlap,
-            mode="gaussian", sw_device=device, device=torch.device("cpu") if big else device,
-        )
+
+    def run(batch: int, stitch: torch.device):
+        predictor.total, predictor.done = math.ceil(windows / batch), 0
+        with inference(device, stage.amp):
+            return sliding_window_inference(x[None], roi_size=roi, sw_batch_size=batch, predictor=predictor,
+                                            overlap=stage.overlap, mode="gaussian", sw_device=device, device=stitch)
+
+    attempts = [(f"{batch} window(s) per call, stitched on {'cpu' if big else device}", lambda: run(batch, cpu if big else device))]
+    if batch > 1 or (device.type != "cpu" and not big):
+        attempts.append(("1 window per call, stitched on cpu", lambda: run(1, cpu)))
+    out = try_in_turn(attempts, f"stage {stage.name!r} on {tuple(x.shape[1:])} voxels")
     return _activate(torch.as_tensor(out).float(), stage.activation)[0], work_affine
 
 
@@ -298,7 +306,7 @@ def segment_with_bundle(model: LoadedModel, volumes: list[Volume], progress: Pro
         roi = getattr(parts.inferer, "roi_size", None)
         total = _count_windows(tuple(img.shape[1:]), list(roi), getattr(parts.inferer, "overlap", 0.25), getattr(parts.inferer, "sw_batch_size", 1)) if roi else 1
         predictor = _Predictor(net, progress, total)
-        with inference(model.device):  # leading per-voxel postprocessing steps may run here, slab by slab
+        with inference(model.device, model.amp):  # leading per-voxel postprocessing steps may run here, slab by slab
             pred, post = run_inferer(parts.inferer, parts.postprocessing, img[None].to(model.device), predictor)
         data["pred"] = MetaTensor(pred, affine=img.affine, meta=dict(img.meta))
         del pred, img  # the bundle's postprocessing may then free the network-grid output as it goes
@@ -331,10 +339,13 @@ def segment(model: LoadedModel, volumes: list[Volume], callback: ProgressCallbac
     doubts = input_warnings(volumes, model.card.inputs, model.name, dims)  # refuses unusable inputs before any work
     progress = Progress(callback, cancel)
     with model.lock:  # networks are not re-entrant on one device
-        if model.format is not None:
-            result = model.format.segment(model, volumes, progress)
-        else:  # a LoadedModel built by hand (tests, training) is a card model
-            result = segment_with_card(model, volumes, progress)
+        try:
+            if model.format is not None:
+                result = model.format.segment(model, volumes, progress)
+            else:  # a LoadedModel built by hand (tests, training) is a card model
+                result = segment_with_card(model, volumes, progress)
+        except OutOfMemory as exc:
+            raise OutOfMemory(f"model {model.name} on {volumes[0].name}: {exc}; {way_out(model.device)}") from exc
     progress.done()
     result.warnings = list(model.notes) + doubts + result_warnings(result, model)
     for warning in result.warnings:

@@ -143,6 +143,7 @@ class Stage:
     resize_mode: str = "trilinear"
     overlap: float = 0.25
     sw_batch_size: int | str = 1  # windows per network call, or "auto": as many as fit in free memory
+    amp: bool = True  # float16 autocast on CUDA (automatic mixed precision); false: float32 throughout
     activation: str = "softmax"
     output_channel: int | None = None  # localize: which output channel is the foreground
     threshold: float = 0.5
@@ -237,8 +238,10 @@ def _stage_from(raw: dict, name: str, where: str, default_activation: str = "sof
         "resize_mode": inf.get("resize_mode"), "overlap": _number(inf, "overlap", where), "sw_batch_size": inf.get("sw_batch_size"),
         "output_channel": inf.get("output_channel"), "threshold": _number(inf, "threshold", where),
         "crop_margin": _number(raw, "crop_margin", where), "largest_component": raw.get("largest_component"),
-        "region_margin": _number(inf, "region_margin", where),
+        "region_margin": _number(inf, "region_margin", where), "amp": inf.get("amp"),
     }
+    if given["amp"] is not None and not isinstance(given["amp"], bool):
+        raise ModelCardError(f"{where}: inference.amp {given['amp']!r} must be true (float16 on a GPU) or false (float32)")
     batch = given["sw_batch_size"]
     if batch is not None and batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise ModelCardError(f"{where}: inference.sw_batch_size {batch!r} must be a whole number of windows (1 or more) "

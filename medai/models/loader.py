@@ -39,6 +39,7 @@ class BundleParts:
     preprocessing: Any
     inferer: Any
     postprocessing: Any
+    amp: bool = False  # the evaluator's ``amp`` (SupervisedEvaluator's default: False): float16 autocast on CUDA
 
 
 @dataclass
@@ -62,6 +63,13 @@ class LoadedModel:
     @property
     def labels(self) -> list[Label]:
         return self.card.labels
+
+    @property
+    def amp(self) -> bool:
+        """float16 autocast on CUDA as the model says: a bundle's evaluator, a card's (first) stage."""
+        if self.bundle is not None:
+            return self.bundle.amp
+        return self.card.stages[0].amp if self.card.stages else True
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

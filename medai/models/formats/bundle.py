@@ -117,6 +117,20 @@ def pin_device(config: Any, device: str) -> Any:
     return config
 
 
+def bundle_amp(parser: Any, where: str) -> bool:
+    """Whether ``monai.bundle run`` autocasts the network to float16 on CUDA: its evaluator's ``amp`` (a literal
+    or a reference such as ``@amp``); without one, ``SupervisedEvaluator``'s default, False."""
+    if "evaluator#amp" not in parser:
+        return False
+    try:
+        amp = parser.get_parsed_content("evaluator#amp")
+    except Exception as exc:
+        raise ModelLoadError(f"{where}: cannot read evaluator.amp from its inference config ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(amp, bool):
+        raise ModelLoadError(f"{where}: evaluator.amp is {amp!r}; the bundle must say true or false")
+    return amp
+
+
 def configured_checkpoint(parser: Any, folder: Path) -> Path:
     """The weights file the inference config names: a ``CheckpointLoader``'s ``load_path`` (handler or top-level item;
     pediatric: ``models/dynunet_FT.pt``), else ``models/model.pt``."""
@@ -252,7 +266,8 @@ def _load_bundle(folder: Path, device: torch.device) -> LoadedModel:
         version=str(meta.get("version") or ""),
         raw=meta,
     )
-    parts = BundleParts(parser, parser.get("image_key", "image") or "image", preprocessing, inferer, postprocessing)
+    parts = BundleParts(parser, parser.get("image_key", "image") or "image", preprocessing, inferer, postprocessing,
+                        bundle_amp(parser, where))
     return LoadedModel(card, [network.to(device).eval()], device, "bundle", folder, parts)
 
 
