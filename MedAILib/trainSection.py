@@ -14,7 +14,6 @@ registration) is tested headless in ``Testing/Python/test_module_train_jobs.py``
 from __future__ import annotations
 
 import os
-import time
 
 import qt
 import slicer
@@ -34,10 +33,11 @@ class TrainSection:
         self.ui = slicer.util.childWidgetVariables(self.widget)
         self.widget.setMRMLScene(slicer.mrmlScene)
         self.pairs: list[tuple[str, str]] = []  # (volume ID, segmentation ID) per list row
-        self.running, self._start = False, 0.0
-        self.timer = qt.QTimer()
-        self.timer.setInterval(500)
-        self.timer.connect("timeout()", self._tick)
+        from MedAILib.widgets import RunControls
+
+        self.run = RunControls(self.ui.trainButton, self.ui.trainProgressBar, self.ui.trainStatusLabel, self.ui.trainElapsedLabel,
+                               applyText="Train", cancelTip="Stop training; the best checkpoint so far is kept",
+                               applyTip="Train a model on the checked cases; Cancel keeps the best checkpoint")
 
         segmentation = task == "segmentation"
         for w in (self.ui.casesLabel, self.ui.casesListWidget, self.ui.refreshCasesButton):
@@ -45,8 +45,6 @@ class TrainSection:
         self.ui.tableLabel.visible = self.ui.tableSelector.visible = not segmentation
         for network in panel.train_networks(task):
             self.ui.networkComboBox.addItem(network)
-        self.ui.trainProgressBar.setRange(0, 1000)
-        self.ui.trainProgressBar.hide()
 
         self.recipeButtons = []  # one per catalog recipe of this task, e.g. "Pneumonia on chest X-rays (train it yourself)"
         for recipe in panel.train_recipes(task):
@@ -109,9 +107,9 @@ class TrainSection:
         from MedAILib.dependencies import ensure_dependencies
 
         logic = self.moduleWidget.logic
-        if self.running:
+        if self.run.running:
             logic.cancelTraining()
-            self.ui.trainStatusLabel.text = "Cancelling (the best checkpoint so far is kept)..."
+            self.run.statusLabel.text = "Cancelling (the best checkpoint so far is kept)..."
             return
         if not ensure_dependencies():
             return
@@ -131,7 +129,7 @@ class TrainSection:
         """Train a catalog recipe (its own data and settings) with the same progress, Cancel and registration."""
         from MedAILib.dependencies import ensure_dependencies
 
-        if self.running or not ensure_dependencies():
+        if self.run.running or not ensure_dependencies():
             return
         from medai.models.catalog import model_dir
 
@@ -148,8 +146,7 @@ class TrainSection:
             slicer.util.errorDisplay(str(exc))
 
     def onProgress(self, fraction: float, text: str) -> None:
-        self.ui.trainProgressBar.value = int(1000 * fraction)
-        self.ui.trainStatusLabel.text = text[:1].upper() + text[1:]
+        self.run.progress(fraction, "training", status=text[:1].upper() + text[1:])
 
     def onCompleted(self, job) -> None:
         status = "Training ended, but showing its results failed; see the Python console."
@@ -177,34 +174,21 @@ class TrainSection:
                 self._setRunning(False, "Training failed; the scene was left as it was.")
                 slicer.util.errorDisplay(f"Training failed: {job.error}")
         finally:  # the Train button must come back even when showing the results fails
-            if self.running:
+            if self.run.running:
                 self._setRunning(False, status)
 
     def _setRunning(self, running: bool, status: str) -> None:
-        self.running = running
-        self.ui.trainButton.text = "Cancel" if running else "Train"
-        self.ui.trainButton.toolTip = ("Stop training; the best checkpoint so far is kept" if running else
-                                       "Train a model on the checked cases; Cancel keeps the best checkpoint")
-        self.ui.trainProgressBar.visible = running
-        self.ui.trainStatusLabel.text = status
+        """The run's controls (Train/Cancel, progress, status, elapsed time) and the inputs, locked while it runs."""
         for w in (self.ui.casesListWidget, self.ui.tableSelector, self.ui.networkComboBox, self.ui.epochsSpinBox,
                   self.ui.modelNameLineEdit, self.ui.outputFolderPathLineEdit, self.ui.finetuneComboBox, *self.recipeButtons):
             w.enabled = not running
         if running:
-            self._start = time.perf_counter()
-            self.ui.trainProgressBar.value = 0
-            self.timer.start()
+            self.run.start(status)
         else:
-            self.timer.stop()
-        self._tick()
-
-    def _tick(self) -> None:
-        from medai.slicer import panel
-
-        self.ui.trainElapsedLabel.text = panel.format_elapsed(time.perf_counter() - self._start) if self._start else ""
+            self.run.finish(status)
 
     def cleanup(self) -> None:
         """Stop a running training when the module is torn down (the best checkpoint is kept)."""
-        self.timer.stop()
-        if self.running:
+        self.run.timer.stop()
+        if self.run.running:
             self.moduleWidget.logic.cancelTraining()

@@ -228,11 +228,16 @@ class DeviceSelector:
 
 
 class RunControls:
-    """Apply button that becomes Cancel while running, progress bar, status and elapsed time."""
+    """Apply button that becomes Cancel while running, progress bar, status and elapsed time.
 
-    def __init__(self, applyButton, progressBar, statusLabel, elapsedLabel, applyText: str = "Apply") -> None:
+    ``applyTip``: the button's tooltip when a run ends (None: the module sets it, e.g. from its inputs).
+    """
+
+    def __init__(self, applyButton, progressBar, statusLabel, elapsedLabel, applyText: str = "Apply",
+                 cancelTip: str = "Stop the run; the scene is left as it was", applyTip: str | None = None) -> None:
         self.applyButton, self.progressBar = applyButton, progressBar
         self.statusLabel, self.elapsedLabel, self.applyText = statusLabel, elapsedLabel, applyText
+        self.cancelTip, self.applyTip = cancelTip, applyTip
         self.running = False
         self._start = 0.0
         self.timer = qt.QTimer()
@@ -244,22 +249,28 @@ class RunControls:
     def start(self, status: str = "Starting...") -> None:
         self.running, self._start = True, time.perf_counter()
         self.applyButton.text = "Cancel"
-        self.applyButton.toolTip = "Stop the run; the scene is left as it was"
+        self.applyButton.toolTip = self.cancelTip
         self.progressBar.value = 0
         self.progressBar.show()
         self.statusLabel.text = status
         self._tick()
         self.timer.start()
 
-    def progress(self, fraction: float, stage: str) -> None:
+    def progress(self, fraction: float, stage: str, status: str | None = None) -> None:
+        """``fraction`` done, in ``stage`` (shown as "Stage..."), or with a ``status`` text shown as it is."""
         self.progressBar.value = int(1000 * fraction)
-        self.statusLabel.text = stage.capitalize() + "..." if stage and stage != "done" else "Finishing..."
+        if status is not None:
+            self.statusLabel.text = status
+        else:
+            self.statusLabel.text = stage.capitalize() + "..." if stage and stage != "done" else "Finishing..."
 
     def finish(self, message: str) -> None:
         self.running = False
         self.timer.stop()
         self._tick()
         self.applyButton.text = self.applyText
+        if self.applyTip is not None:
+            self.applyButton.toolTip = self.applyTip
         self.progressBar.hide()
         self.statusLabel.text = message
 

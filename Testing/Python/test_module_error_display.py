@@ -142,7 +142,7 @@ def test_a_failed_install_does_not_escape_apply_or_train(slot):
             from MedAILib.trainSection import TrainSection
 
             section = TrainSection.__new__(TrainSection)
-            section.running, section.moduleWidget = False, widget
+            section.run, section.moduleWidget = Holder(running=False), widget
             widget.logic = Holder(train=lambda *a, **k: pytest.fail("training must not start"))
             section.onTrainButton()
         assert installs == [["medai-test-missing>=1"]]

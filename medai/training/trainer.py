@@ -22,7 +22,6 @@ import os
 import shutil
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from ..engine.common import autocast
+from ..engine.cpu_memory import call_network
 from ..engine.cpu_memory import available_memory
 from ..engine.progress import Cancelled, CancelToken
 from ..metrics import classification_metrics, dice, regression_metrics
@@ -196,11 +196,11 @@ def _validate(net, items: list[dict], task: str, roi: list[int], overlap: float,
         for item in items:
             cancel.check()
             x = item["image"][None].to(device)
-            with autocast(device) if amp else nullcontext():
+            with autocast(device, amp):
                 if task == "segmentation":
-                    out = sliding_window_inference(x, roi, 4, net, overlap=overlap, mode="gaussian")
+                    out = sliding_window_inference(x, roi, 4, lambda w: call_network(net, w), overlap=overlap, mode="gaussian")
                 else:
-                    out = net(x)
+                    out = call_network(net, x)
             out = torch.as_tensor(out).float().cpu()
             if task == "multilabel":
                 scores.append(float(((torch.sigmoid(out[0]) > 0.5).float() == item["label"]).float().mean()))
@@ -428,7 +428,7 @@ def _train_epoch(run: _Run, epoch: int, data: _Loaders) -> tuple[float, int, flo
             x = batch_data["image"].to(run.device)
             y = batch_data["label"].to(run.device)
             run.optimizer.zero_grad(set_to_none=True)
-            with autocast(run.device) if run.use_amp else nullcontext():
+            with autocast(run.device, run.use_amp):
                 loss = run.loss_fn(run.net(x), y)
             run.scaler.scale(loss).backward()
             run.scaler.step(run.optimizer)
