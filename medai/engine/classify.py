@@ -28,6 +28,7 @@ from .common import activation as apply_activation
 from .common import autocast, stack_inputs
 from .cpu_memory import call_network
 from .intensity import apply_intensity
+from .out_of_memory import way_out_when_out_of_memory
 from .postprocess import bounding_box
 from .progress import CancelToken, Progress, ProgressCallback
 
@@ -383,7 +384,8 @@ def classify(model: LoadedModel, volumes: list[Volume], region: Volume | None = 
     result = ClassificationResult(model.name, spec.task, spec.names, [], spec.thresholds, spec.unit,
                                   method if explain else None, str(model.device), warnings=list(model.notes) + doubts)
     weight = 1.0 / len(cases)
-    with model.lock:  # networks are not re-entrant on one device
+    where = f"model {model.name} on {cases[0][0].name}" + (f" and {len(cases) - 1} more case(s)" if len(cases) > 1 else "")
+    with model.lock, way_out_when_out_of_memory(where, model.device):  # networks are not re-entrant on one device
         for case_volumes, mask in zip(cases, masks):
             ref = case_volumes[0]
             with progress.stage(f"{ref.name}: preprocess", 0.1 * weight):

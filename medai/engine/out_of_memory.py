@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import Callable, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -68,3 +69,15 @@ def way_out(device: torch.device) -> str:
         return ("run it on the CPU (device cpu: `medai ... --device cpu`, or Device: CPU in the module panel), "
                 "close other programs using the GPU, or crop the input to the region of interest")
     return "crop the input to the region of interest, or close other programs to free memory"
+
+
+@contextmanager
+def way_out_when_out_of_memory(what: str, device: torch.device) -> Iterator[None]:
+    """Running out of memory inside becomes :class:`OutOfMemory` naming ``what`` (model and input) and the way out."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        free_device_memory()
+        raise OutOfMemory(f"{what}: {str(exc).splitlines()[0][:400]}; {way_out(device)}") from exc

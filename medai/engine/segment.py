@@ -29,7 +29,7 @@ from .common import activation as _activation
 from .common import inference, set_cpu_threads, softmax_, stack_inputs
 from .cpu_memory import call_network
 from .intensity import apply_intensity
-from .out_of_memory import OutOfMemory, try_in_turn, way_out
+from .out_of_memory import try_in_turn, way_out_when_out_of_memory
 from .postprocess import bounding_box, largest_component, postprocess_labelmap
 from .progress import CancelToken, Progress, ProgressCallback
 from .window_batch import auto_batch
@@ -338,14 +338,12 @@ def segment(model: LoadedModel, volumes: list[Volume], callback: ProgressCallbac
     dims = 3 if any(st.roi_size and len(st.roi_size) == 3 for st in model.card.stages) else None
     doubts = input_warnings(volumes, model.card.inputs, model.name, dims)  # refuses unusable inputs before any work
     progress = Progress(callback, cancel)
-    with model.lock:  # networks are not re-entrant on one device
-        try:
-            if model.format is not None:
-                result = model.format.segment(model, volumes, progress)
-            else:  # a LoadedModel built by hand (tests, training) is a card model
-                result = segment_with_card(model, volumes, progress)
-        except OutOfMemory as exc:
-            raise OutOfMemory(f"model {model.name} on {volumes[0].name}: {exc}; {way_out(model.device)}") from exc
+    # networks are not re-entrant on one device: one run at a time
+    with model.lock, way_out_when_out_of_memory(f"model {model.name} on {volumes[0].name}", model.device):
+        if model.format is not None:
+            result = model.format.segment(model, volumes, progress)
+        else:  # a LoadedModel built by hand (tests, training) is a card model
+            result = segment_with_card(model, volumes, progress)
     progress.done()
     result.warnings = list(model.notes) + doubts + result_warnings(result, model)
     for warning in result.warnings:
