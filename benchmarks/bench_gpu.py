@@ -27,7 +27,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "Testing" / "Python"))
+sys.path.insert(0, str(REPO / "Testing" / "Python"))  # bench_performance uses the tests' bundle writer
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
@@ -66,16 +66,20 @@ def timed(fn, device, repeats: int):
     return best, peak, out
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    total = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / total) if total else 1.0
+def unet_card(folder: Path, sw_batch_size) -> Path:
+    """The benchmarks' UNet card (bench_segment.write_card): 2 mm, z-scored, 96^3 windows, ``sw_batch_size`` per call."""
+    from bench_segment import write_card
+
+    return write_card(folder, {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "intensity": [{"op": "zscore"}]},
+                      {"mode": "sliding_window", "roi_size": [96, 96, 96], "overlap": 0.25, "sw_batch_size": sw_batch_size,
+                       "activation": "softmax"})
 
 
 def bench_amp(device, volume, tmp: Path, repeats: int) -> list[dict]:
     from bench_performance import _make_bundle
 
     from medai.engine.segment import segment
+    from medai.metrics import dice
     from medai.models.loader import load_model
 
     bundle = _make_bundle("spleen_ct_segmentation", tmp)
@@ -100,14 +104,12 @@ def bench_amp(device, volume, tmp: Path, repeats: int) -> list[dict]:
 def bench_out_of_memory(device, volume, tmp: Path) -> dict:
     import torch
 
-    from conftest import write_unet_card
     from medai.engine.out_of_memory import OutOfMemory
     from medai.engine.segment import segment
     from medai.models.loader import load_model
 
-    inference = {"mode": "sliding_window", "roi_size": [96, 96, 96], "overlap": 0.25, "activation": "softmax"}
-    one = load_model(str(write_unet_card(tmp / "one", inference={**inference, "sw_batch_size": 1})), str(device))
-    eight = load_model(str(write_unet_card(tmp / "eight", inference={**inference, "sw_batch_size": 8})), str(device))
+    one = load_model(str(unet_card(tmp / "one", sw_batch_size=1)), str(device))
+    eight = load_model(str(unet_card(tmp / "eight", sw_batch_size=8)), str(device))
     _, peak1, want = timed(lambda: segment(one, [volume]), device, 1)
     _, peak8, _ = timed(lambda: segment(eight, [volume]), device, 1)
     row: dict = {"case": f"card, 96^3 windows, {volume.name}", "gpu_peak_1_window_MB": peak1, "gpu_peak_8_windows_MB": peak8}
@@ -141,7 +143,6 @@ def bench_out_of_memory(device, volume, tmp: Path) -> dict:
 
 
 def bench_auto_batch(device, volume, tmp: Path) -> dict:
-    from conftest import write_unet_card
     from medai.engine.segment import segment
     from medai.models.loader import load_model
 
@@ -149,9 +150,7 @@ def bench_auto_batch(device, volume, tmp: Path) -> dict:
     logging.getLogger("medai.engine.window_batch").addHandler(handler)
     logging.getLogger("medai.engine.window_batch").setLevel(logging.INFO)
     try:
-        card = write_unet_card(tmp / "auto", inference={"mode": "sliding_window", "roi_size": [96, 96, 96], "overlap": 0.25,
-                                                          "sw_batch_size": "auto"})
-        model = load_model(str(card), str(device))
+        model = load_model(str(unet_card(tmp / "auto", sw_batch_size="auto")), str(device))
         t, peak, _ = timed(lambda: segment(model, [volume]), device, 1)
     finally:
         logging.getLogger("medai.engine.window_batch").removeHandler(handler)

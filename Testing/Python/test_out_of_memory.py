@@ -96,17 +96,10 @@ def test_attempts_stop_at_the_first_that_fits_and_retries_are_prepared():
     assert ran == ["a", "b"] and prepared == [1]
 
 
-def refuse_every_call(net: torch.nn.Module) -> None:
-    def hook(_module, _args):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    net.register_forward_pre_hook(hook)
-
-
 def test_a_whole_image_model_that_does_not_fit_says_what_to_do(tmp_path):
     model = load_model(str(write_unet_card(tmp_path / "whole", inference={"mode": "whole"})), "cpu")
-    refuse_every_call(model.networks[0])
-    with pytest.raises(OutOfMemory, match=r"model whole on ct: CUDA out of memory\. Tried to allocate 2\.00 GiB; crop the input"):
+    device_limit(model.networks[0], 0, [])
+    with pytest.raises(OutOfMemory, match=r"model whole on ct: CUDA out of memory\. Tried to allocate 1 windows; crop the input"):
         segment(model, [ct()])
 
 
@@ -115,7 +108,7 @@ def test_a_classifier_that_does_not_fit_says_what_to_do(tmp_path):
     from medai.engine.classify import classify
 
     model = load_model(str(keras_pneumonia_card(tmp_path / "cxr")), "cpu")
-    refuse_every_call(model.networks[0])
+    device_limit(model.networks[0], 0, [])
     image = Volume(np.random.default_rng(0).uniform(0, 255, (1, 80, 96)).astype(np.float32), np.eye(4), name="chest")
     with pytest.raises(OutOfMemory, match=r"model cxr on chest: CUDA out of memory.*crop the input"):
         classify(model, [image])

@@ -154,8 +154,13 @@ def run_inferer(inferer, post, image: torch.Tensor, predictor, key: str = "pred"
     if hasattr(inferer, "device") and image.device.type != "cpu" and str(inferer.device or image.device) != "cpu":
         attempts.append(("the output stitched on cpu",
                          lambda: _run_inferer(inferer, post, image, predictor, key, stitch_on_cpu=True)))
-    return try_in_turn(attempts, f"the bundle's inferer on {tuple(image.shape[2:])} voxels",
-                       lambda: setattr(predictor, "done", 0) if hasattr(predictor, "done") else None)
+    return try_in_turn(attempts, f"the bundle's inferer on {tuple(image.shape[2:])} voxels", lambda: _restart(predictor))
+
+
+def _restart(predictor) -> None:
+    """Windows are counted afresh when the sliding window starts again (a predictor that counts them)."""
+    if hasattr(predictor, "done"):
+        predictor.done = 0
 
 
 def _run_inferer(inferer, post, image: torch.Tensor, predictor, key: str,
@@ -173,8 +178,7 @@ def _run_inferer(inferer, post, image: torch.Tensor, predictor, key: str,
             return out[0], plan.rest
         except (_NotExactHere, NotStreamable) as e:
             log.warning("running the bundle's sliding window on the whole volume instead%s", f" ({e})" if str(e) else "")
-            if hasattr(predictor, "done"):
-                predictor.done = 0
+            _restart(predictor)
     if stitch_on_cpu:
         inferer = copy.copy(inferer)
         inferer.device = torch.device("cpu")

@@ -46,7 +46,8 @@ def try_in_turn(attempts: Sequence[tuple[str, Callable[[], T]]], what: str,
     """The first of ``attempts`` (description, call) that does not run out of memory.
 
     Each later attempt must hold less on the device than the one before. Errors other than running out
-    of memory pass through at once; running out on the last attempt raises :class:`OutOfMemory`.
+    of memory pass through at once; running out on the last attempt raises :class:`OutOfMemory` (the run's
+    :func:`way_out_when_out_of_memory` gives back the device memory then).
     """
     for n, (how, call) in enumerate(attempts):
         try:
@@ -54,9 +55,9 @@ def try_in_turn(attempts: Sequence[tuple[str, Callable[[], T]]], what: str,
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            free_device_memory()
             if n == len(attempts) - 1:
                 raise OutOfMemory(f"{what}: out of memory with {how} ({str(exc).splitlines()[0][:200]})") from exc
+            free_device_memory()
             log.warning("%s: out of memory with %s; trying again with %s", what, how, attempts[n + 1][0])
             if before_retry is not None:
                 before_retry()

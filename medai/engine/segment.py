@@ -112,18 +112,17 @@ def _run_network(stage: Stage, net: torch.nn.Module, x: torch.Tensor, affine: np
     if batch == "auto":  # the card asks for as many windows per call as fit in free memory (window_batch.py)
         with inference(device, stage.amp):
             batch = auto_batch(net, x.shape[0], roi, device, windows)
-    predictor = _Predictor(net, progress, math.ceil(windows / batch))
     cpu = torch.device("cpu")
-    big = x[0].numel() * 8 > GPU_STITCH_LIMIT  # room for several output channels
+    stitch = cpu if x[0].numel() * 8 > GPU_STITCH_LIMIT else device  # room for several output channels
 
     def run(batch: int, stitch: torch.device):
-        predictor.total, predictor.done = math.ceil(windows / batch), 0
+        predictor = _Predictor(net, progress, math.ceil(windows / batch))
         with inference(device, stage.amp):
             return sliding_window_inference(x[None], roi_size=roi, sw_batch_size=batch, predictor=predictor,
                                             overlap=stage.overlap, mode="gaussian", sw_device=device, device=stitch)
 
-    attempts = [(f"{batch} window(s) per call, stitched on {'cpu' if big else device}", lambda: run(batch, cpu if big else device))]
-    if batch > 1 or (device.type != "cpu" and not big):
+    attempts = [(f"{batch} window(s) per call, stitched on {stitch}", lambda: run(batch, stitch))]
+    if batch > 1 or stitch != cpu:
         attempts.append(("1 window per call, stitched on cpu", lambda: run(1, cpu)))
     out = try_in_turn(attempts, f"stage {stage.name!r} on {tuple(x.shape[1:])} voxels")
     return _activate(torch.as_tensor(out).float(), stage.activation)[0], work_affine

@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 from ..engine.common import autocast
-from ..engine.cpu_memory import call_network
-from ..engine.cpu_memory import available_memory
+from ..engine.cpu_memory import available_memory, call_network
 from ..engine.progress import Cancelled, CancelToken
 from ..metrics import classification_metrics, dice, regression_metrics
 from ..models.card import DENOISE_METHODS
